@@ -1,0 +1,79 @@
+"""``torch.compile`` kernels: the whole Alice update, and the perturbation, each
+fused into one pass over memory per tensor (C++/OpenMP on CPU, Triton on GPU).
+
+Compiled lazily on first use with dynamic shapes, so tensors of any size share
+a kernel. Hyperparameters that change during training (sigma, the early-step
+betas, the lr-scaled bounds) and the sign key enter as 0-d tensors, so a new lr
+never recompiles; the rest (modes, eps, weights) is specialised on.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+from .._rademacher import as_int32, signs_at
+
+_DYNAMIC = ("sigma", "b1", "b2", "b3", "tau1", "tau2")
+
+# One graph per mode (warm-up, sampling, quick), dtype and rank, plus one for
+# size-1 tensors (never dynamic): more than dynamo's default limit of 8.
+_RECOMPILE_LIMIT = 64
+
+
+@functools.cache
+def available(device_type: str, warn: bool = True) -> bool:
+    """Whether ``torch.compile`` can build kernels on this device type (probed once)."""
+    try:
+        x = torch.zeros(8, device=device_type)
+        torch.compile(lambda t: t.add_(1), dynamic=True, fullgraph=True)(x)
+        return bool(x[0] == 1)
+    except Exception as err:  # no C++ compiler, no Triton, unsupported backend
+        if warn:
+            warnings.warn(
+                f"alice: torch.compile is unavailable on {device_type!r} ({type(err).__name__}: {err}); "
+                "the fused update falls back to the multi-tensor (foreach) path.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return False
+
+
+@functools.cache
+def _compile(fn):
+    return torch.compile(fn, dynamic=True, fullgraph=True)
+
+
+def _flat(t):
+    return t.view(-1) if t is not None and t.is_contiguous() else t
+
+
+def update_(tensors, hyper: dict, body) -> None:
+    """Run ``body`` (``functional._update_``) compiled, one tensor at a time."""
+    kwargs = dict(hyper)
+    kwargs.update({k: torch.tensor(kwargs[k], dtype=torch.float64) for k in _DYNAMIC})
+    update = _compile(body)
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        for args in zip(*tensors):
+            update(*map(_flat, args), **kwargs)
+
+
+def _perturb(out, nu, key, scale):
+    # out = nu + scale * z, z_i = signs_at(i, key): signs hashed in registers
+    index = torch.arange(out.numel(), dtype=torch.int32, device=out.device)
+    out.copy_(nu + scale * signs_at(index, key).to(nu.dtype))
+
+
+def perturb_(params, nus, keys, scales) -> None:
+    """``param = nu + scale * z`` for each tensor, z the counter-based signs of ``key``
+    (int32 indices: a tensor may hold up to 2**31 elements)."""
+    perturb = _compile(_perturb)
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        for p, nu, key, scale in zip(params, nus, keys, scales):
+            out = p if p.is_contiguous() else torch.empty_like(nu)  # nu is always contiguous
+            key = torch.tensor(as_int32(key), dtype=torch.int32)
+            perturb(out.view(-1), nu.view(-1), key, torch.tensor(scale, dtype=torch.float64))
+            if out is not p:
+                p.copy_(out)
