@@ -300,13 +300,15 @@ class Alice(Optimizer):
                 index += 1
         return found
 
-    def _init_state(self, p: Tensor) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            dtype = _state_dtype(p)
-            state["nu"] = p.detach().to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
-            for key in ("G", "V", "H", "R"):
-                state[key] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+    def _get_state(self, p: Tensor) -> dict[str, Tensor]:
+        """The state of ``p``, or a fresh one (``nu = mu``, averages zero) that
+        enters ``self.state`` only once a step with it succeeds."""
+        if p in self.state:
+            return self.state[p]
+        dtype = _state_dtype(p)
+        state = {"nu": p.detach().to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)}
+        for key in ("G", "V", "H", "R"):
+            state[key] = torch.zeros(p.shape, dtype=dtype, device=p.device)
         return state
 
     def _evaluate(self, closure: Callable, params: list[Tensor]):
@@ -341,7 +343,7 @@ class Alice(Optimizer):
         n = self.steps + 1
         sampling, move = self.is_sampling_step(n), n > self.warmup_steps
         params = [p for _, _, p in entries]
-        states = [self._init_state(p) for p in params]
+        states = [self._get_state(p) for p in params]
         nus = [s["nu"] for s in states]
         batches = []  # (group, rows of entries, fused?) per param group
         for group in self.param_groups:
@@ -386,6 +388,9 @@ class Alice(Optimizer):
         self._set([params[k] for k in idle], [mus[k] for k in idle])
 
         self.steps = n
+        for p, state, ok in zip(params, states, has_grad):
+            if ok:
+                self.state[p] = state
         for group, rows, fused in batches:
             rows = [k for k in rows if has_grad[k]]
             pick = lambda xs: [xs[k] for k in rows]  # noqa: E731

@@ -1,0 +1,475 @@
+"""Behaviour of alice.Alice as a torch optimizer: errors, closures, state, RNG, buffers."""
+
+import copy
+import io
+import re
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from alice import PRESETS, Alice, ClosureError
+
+# (kwargs, regex of the error message) -- every invalid value names the argument and value.
+INVALID = [
+    (dict(lr=0.0), r"lr: 0\.0"),
+    (dict(lr=-1e-3), r"lr: -0\.001"),
+    (dict(betas=(1.0, 0.999)), r"betas\[0\]: 1\.0"),
+    (dict(betas=(0.9, 0.0)), r"betas\[1\]: 0\.0"),
+    (dict(betas=(0.9,)), r"betas: \(0\.9,\)"),
+    (dict(betas=(0.9, 0.5), quick_steps=3), r"betas\[1\]: 0\.5.*beta3"),
+    (dict(eps=0.0), r"eps: 0\.0"),
+    (dict(w1=-1.0), r"w1: -1\.0"),
+    (dict(w2=-0.1), r"w2: -0\.1"),
+    (dict(phi=2.0), r"phi: 2\.0"),
+    (dict(phi=0.0), r"phi: 0\.0"),
+    (dict(omega=0.0), r"omega: 0\.0"),
+    (dict(limit_method="lion"), r"limit_method: 'lion'"),
+    (dict(lr_min=-1.0), r"lr_min: -1\.0"),
+    (dict(lr_min=1.0, lr_max=0.5), r"lr_max: 0\.5"),
+    (dict(lr=1e-3, lr_min=1.0), r"lr_max: None"),
+    (dict(hess_comp="sqrt"), r"hess_comp: 'sqrt'"),
+    (dict(grad_glass=False, hess_comp="zero"), r"grad_glass: False"),
+    (dict(grad_glass="yes"), r"grad_glass: 'yes'"),
+    (dict(scale_bounds_with_lr=1), r"scale_bounds_with_lr: 1"),
+    (dict(quick_steps=-1), r"quick_steps: -1"),
+    (dict(quick_steps=1.5), r"quick_steps: 1\.5"),
+    (dict(lr=float("nan")), r"lr: nan"),
+    (dict(seed=-3), r"seed: -3"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", INVALID, ids=[m for _, m in INVALID])
+def test_invalid_hyperparameters_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Alice([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_invalid_group_values_and_quick_steps_in_a_group():
+    p, q = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"hess_comp: 'bad'"):
+        Alice([{"params": [p]}, {"params": [q], "hess_comp": "bad"}])
+    with pytest.raises(ValueError, match="quick_steps"):
+        Alice([{"params": [p], "quick_steps": 2}])
+    opt = Alice([p])
+    with pytest.raises(ValueError, match=r"omega: -1"):
+        opt.add_param_group({"params": [q], "omega": -1})
+    assert len(opt.param_groups) == 1
+
+
+def quadratic(dim=5, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Linear(dim, 1).to(dtype)
+    x = torch.randn(32, dim, generator=g, dtype=dtype)
+    y = torch.randn(32, 1, generator=g, dtype=dtype)
+    return model, x, y
+
+
+def make_closure(opt, model, x, y, zero=True, counter=None):
+    def closure():
+        if counter is not None:
+            counter.append(1)
+        if zero:
+            opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def test_step_without_a_closure_explains_what_to_pass():
+    model, _, _ = quadratic()
+    opt = Alice(model.parameters())
+    with pytest.raises(ClosureError, match=r"closure that re-evaluates the model.*loss\.backward\(\)"):
+        opt.step()
+    assert issubclass(ClosureError, (RuntimeError, TypeError, ValueError))
+
+
+def test_misbehaving_closures_raise_and_leave_parameters_unchanged():
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ClosureError, match="returned None"):
+        opt.step(lambda: None)
+    with pytest.raises(ClosureError, match="No parameter received a gradient"):
+        opt.step(lambda: nn.functional.mse_loss(model(x), y))
+
+    def broken():
+        raise KeyError("data loader failed")
+
+    with pytest.raises(KeyError):
+        opt.step(broken)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert opt.steps == 0 and not opt.state
+
+
+def test_closure_calls_per_step_and_loss_at_nu():
+    model, x, y = quadratic()
+    calls = []
+    opt = Alice(model.parameters(), lr=1e-2, quick_steps=3, seed=0)
+    closure = make_closure(opt, model, x, y, counter=calls)
+    per_step = []
+    for _ in range(20):
+        n = len(calls)
+        loss = opt.step(closure)
+        per_step.append(len(calls) - n)
+    # warm-up: 10 sampling steps; then n % 4 == 0 samples (12, 16, 20)
+    assert per_step == [3] * 10 + [1, 3, 1, 1, 1, 3, 1, 1, 1, 3]
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0
+
+
+def test_closures_that_do_not_zero_gradients_give_the_same_result():
+    runs = []
+    for zero in (True, False):
+        model, x, y = quadratic()
+        opt = Alice(model.parameters(), lr=1e-2, seed=3)
+        for _ in range(25):
+            opt.step(make_closure(opt, model, x, y, zero=zero))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_the_gradient_left_in_grad_is_the_one_at_nu():
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=3)
+    closure = make_closure(opt, model, x, y)
+    for _ in range(13):
+        opt.step(closure)
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), probe.parameters()):
+            q.copy_(opt.state[p]["nu"])
+    nn.functional.mse_loss(probe(x), y).backward()
+    loss = opt.step(closure)  # a quick step, evaluated at that nu
+    assert torch.equal(loss, nn.functional.mse_loss(probe(x), y))
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), probe.parameters()))
+
+
+def test_frozen_and_unused_parameters_are_left_untouched():
+    used = nn.Linear(3, 1)
+    frozen = nn.Parameter(torch.ones(4), requires_grad=False)
+    unused = nn.Parameter(torch.ones(2))
+    opt = Alice([*used.parameters(), frozen, unused], lr=1e-2, seed=0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(used(x), y)
+        loss.backward()
+        return loss
+
+    w0 = used.weight.detach().clone()
+    for _ in range(15):
+        opt.step(closure)
+    assert torch.equal(frozen, torch.ones(4)) and torch.equal(unused.detach(), torch.ones(2))
+    assert frozen not in opt.state and unused not in opt.state
+    assert not torch.equal(used.weight, w0)
+
+
+def test_sparse_gradients_raise():
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = Alice(emb.parameters())
+    before = emb.weight.detach().clone()
+
+    def closure():
+        loss = emb(torch.tensor([1, 2])).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(ValueError, match="sparse gradients"):
+        opt.step(closure)
+    assert torch.equal(emb.weight, before)
+
+
+def test_state_is_five_tensors_per_parameter_and_float32_for_bfloat16():
+    model = nn.Linear(4, 2).to(torch.bfloat16)
+    x, y = torch.randn(8, 4, dtype=torch.bfloat16), torch.randn(8, 2, dtype=torch.bfloat16)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    closure = make_closure(opt, model, x, y)
+    losses = [opt.step(closure).item() for _ in range(40)]
+    for p in model.parameters():
+        assert p.dtype == torch.bfloat16
+        assert sorted(opt.state[p]) == ["G", "H", "R", "V", "nu"]
+        assert all(t.dtype == torch.float32 and t.shape == p.shape for t in opt.state[p].values())
+    assert losses[-1] < losses[0]
+
+
+def test_autocast_inside_the_closure():
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+
+    def closure():
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.mse_loss(model(x).float(), y)
+        loss.backward()
+        return loss
+
+    losses = [opt.step(closure).item() for _ in range(30)]
+    assert model.weight.dtype == torch.float32 and losses[-1] < losses[0]
+
+
+# -- non-finite steps -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_eval", [0, 1, 2], ids=["at nu+d", "at nu-d", "at nu"])
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_non_finite_steps_change_nothing(bad_eval, kind):
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    calls = []
+    poison = {"on": False}
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        if poison["on"] and len(calls) - poison["start"] == bad_eval + 1:
+            loss = loss * float("nan") if kind == "loss" else loss + model.weight.sum() * float("inf")
+        loss.backward()
+        return loss
+
+    for _ in range(11):  # step 12 is a sampling step (12 % 4 == 0)
+        opt.step(closure)
+    saved = copy.deepcopy(opt.state_dict())
+    params = [p.detach().clone() for p in model.parameters()]
+    poison.update(on=True, start=len(calls))
+    with pytest.warns(RuntimeWarning, match="skipped step 12"):
+        opt.step(closure)
+    assert opt.skipped_steps == 1 and opt.steps == 11
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    after = opt.state_dict()
+    for pid, state in saved["state"].items():
+        assert all(torch.equal(state[k], after["state"][pid][k]) for k in state)
+    poison["on"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(closure)  # training goes on, and the warning is not repeated
+    assert opt.steps == 12
+
+
+def test_warning_is_issued_once():
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y) * float("inf")
+        loss.backward()
+        return loss
+
+    with pytest.warns(RuntimeWarning) as record:
+        for _ in range(3):
+            opt.step(closure)
+    assert len([w for w in record if "skipped" in str(w.message)]) == 1
+    assert opt.skipped_steps == 3 and opt.steps == 0
+
+
+# -- randomness and buffers -------------------------------------------------------
+
+
+class Net(nn.Module):
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.fc1, self.bn, self.drop, self.fc2 = nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Dropout(p), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.fc2(self.drop(torch.relu(self.bn(self.fc1(x)))))
+
+
+def test_sampling_evaluations_share_rng_and_leave_it_as_one_evaluation():
+    torch.manual_seed(0)
+    model = Net()
+    x, y = torch.randn(16, 6), torch.randn(16, 1)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    masks = []
+
+    def closure():
+        opt.zero_grad()
+        masks.append(torch.get_rng_state())
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    start = torch.get_rng_state()
+    opt.step(closure)  # a sampling step (warm-up)
+    assert len(masks) == 3 and all(torch.equal(m, start) for m in masks)
+    after = torch.get_rng_state()
+    torch.set_rng_state(start)
+    model(x)  # one ordinary evaluation draws the same dropout mask
+    assert torch.equal(after, torch.get_rng_state())
+
+
+def test_dropout_masks_agree_across_the_three_evaluations():
+    torch.manual_seed(1)
+    drop = nn.Dropout(0.5)
+    w = nn.Parameter(torch.ones(64))
+    opt = Alice([w], lr=1e-3, seed=0)
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        out = drop(w)
+        seen.append((out != 0).clone())
+        loss = out.sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert torch.equal(seen[0], seen[1]) and torch.equal(seen[0], seen[2])
+
+
+@pytest.mark.parametrize("use_model", [True, False])
+def test_batchnorm_statistics(use_model):
+    torch.manual_seed(0)
+    model = Net(p=0.0)
+    x, y = torch.randn(16, 6), torch.randn(16, 1)
+    reference = copy.deepcopy(model)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0, model=model if use_model else None)
+    opt.step(make_closure(opt, model, x, y))  # warm-up sampling step: nu == mu
+    reference(x)  # one ordinary training forward
+    if use_model:
+        assert model.bn.num_batches_tracked.item() == 1
+        assert torch.equal(model.bn.running_mean, reference.bn.running_mean)
+        assert torch.equal(model.bn.running_var, reference.bn.running_var)
+    else:  # documented default: the three evaluations each update the statistics
+        assert model.bn.num_batches_tracked.item() == 3
+
+
+def test_skipped_step_restores_buffers_when_model_is_given():
+    torch.manual_seed(0)
+    model = Net(p=0.0)
+    x, y = torch.randn(16, 6), torch.randn(16, 1)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0, model=model)
+    buffers = copy.deepcopy(list(model.buffers()))
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x * float("nan")), y)
+        loss.backward()
+        return loss
+
+    with pytest.warns(RuntimeWarning):
+        opt.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+
+
+# -- groups and schedulers --------------------------------------------------------
+
+
+def test_schedulers_drive_lr_and_bounds():
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    closure = make_closure(opt, model, x, y)
+    for _ in range(20):
+        opt.step(closure)
+        sched.step()
+    group = opt.param_groups[0]
+    assert group["lr"] == pytest.approx(1e-2 / 16)
+    hyper = opt._hyper(group, 21, move=True)
+    assert hyper.sigma == group["lr"] and hyper.tau2 == pytest.approx(2 * group["lr"])
+    group["scale_bounds_with_lr"] = False
+    assert opt._hyper(group, 21, move=True).tau2 == pytest.approx(2e-2)
+
+
+def test_per_group_hyperparameters_and_phi_default():
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    opt = Alice([{"params": [a]}, {"params": [b], "lr": 0.1, "betas": (0.8, 0.99), "lr_max": 0.5}], lr=1e-2)
+    ha, hb = opt._hyper(opt.param_groups[0], 50, True), opt._hyper(opt.param_groups[1], 50, True)
+    assert (ha.sigma, ha.tau2, ha.phi, ha.b1) == (1e-2, 2e-2, pytest.approx(0.1), 0.9)
+    assert (hb.sigma, hb.tau2, hb.phi, hb.b1) == (0.1, 0.5, pytest.approx(0.2), 0.8)
+    assert hb.b3 == pytest.approx(1 - 4 * 0.01)
+    assert opt.warmup_steps == 10  # from the constructor's beta1, not the group's
+
+
+def test_presets():
+    p = [nn.Parameter(torch.zeros(2))]
+    for name, settings in PRESETS.items():
+        group = Alice.preset(name, p, lr=0.1).param_groups[0]
+        assert all(group[k] == v for k, v in settings.items()) and group["lr"] == 0.1
+    with pytest.raises(ValueError, match="preset: 'nope'"):
+        Alice.preset("nope", p)
+
+
+# -- checkpoints -----------------------------------------------------------------
+
+
+def train(model, opt, x, y, steps):
+    closure = make_closure(opt, model, x, y)
+    for _ in range(steps):
+        opt.step(closure)
+
+
+def snapshot(model, opt):
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize("fused", [False, None])
+def test_resume_is_bit_exact(fused):
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=5, quick_steps=2, fused=fused)
+    train(model, opt, x, y, 7)
+    opt.param_groups[0]["lr"] = 5e-3  # as a scheduler would: bounds scale by lr / lr0
+    train(model, opt, x, y, 6)
+    saved = snapshot(model, opt)
+    train(model, opt, x, y, 17)
+
+    loaded = torch.load(saved, weights_only=True)
+    model2 = quadratic()[0]
+    model2.load_state_dict(loaded["model"])
+    opt2 = Alice(model2.parameters(), lr=1e-2, quick_steps=5, fused=fused)  # seed, schedule come from the dict
+    opt2.load_state_dict(loaded["opt"])
+    assert (opt2.steps, opt2.seed, opt2.quick_steps) == (13, 5, 2)
+    assert (opt2.param_groups[0]["lr"], opt2.param_groups[0]["lr0"]) == (5e-3, 1e-2)
+    train(model2, opt2, x, y, 17)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    for p, p2 in zip(model.parameters(), model2.parameters()):
+        assert all(torch.equal(opt.state[p][k], opt2.state[p2][k]) for k in opt.state[p])
+
+
+def test_mismatched_state_dicts_raise_and_change_nothing():
+    model, x, y = quadratic(dim=5)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    train(model, opt, x, y, 3)
+    good = opt.state_dict()
+    other, xo, yo = quadratic(dim=4)
+    opt_other = Alice(other.parameters(), lr=1e-2, seed=1)
+    train(other, opt_other, xo, yo, 2)
+    before = copy.deepcopy(opt_other.state_dict())
+    bad_groups = {**good, "param_groups": good["param_groups"] * 2}
+    cases = [
+        (good, r"shape \(1, 5\).*shape \(1, 4\)"),
+        (bad_groups, "2 param groups"),
+        ({k: v for k, v in good.items() if k != "alice"}, "Not an Alice state dict"),
+    ]
+    for state_dict, message in cases:
+        with pytest.raises(ValueError, match=message):
+            opt_other.load_state_dict(state_dict)
+        after = opt_other.state_dict()
+        assert after["alice"] == before["alice"] and after["param_groups"] == before["param_groups"]
+        for pid, state in before["state"].items():
+            assert all(torch.equal(state[k], after["state"][pid][k]) for k in state)
+    extra = nn.Linear(5, 1)
+    with pytest.raises(ValueError, match=re.escape("has 3 parameters in the state dict but 2 here")):
+        Alice(extra.parameters()).load_state_dict(
+            {**good, "param_groups": [{**good["param_groups"][0], "params": [0, 1, 2]}]}
+        )
+
+
+def test_load_keeps_float32_state_for_half_parameters():
+    model = nn.Linear(3, 1).to(torch.bfloat16)
+    x, y = torch.randn(4, 3, dtype=torch.bfloat16), torch.randn(4, 1, dtype=torch.bfloat16)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    train(model, opt, x, y, 12)
+    opt2 = Alice(model.parameters())
+    opt2.load_state_dict(opt.state_dict())
+    for p in model.parameters():
+        assert all(torch.equal(opt.state[p][k], opt2.state[p][k]) for k in opt.state[p])
+        assert opt2.state[p]["G"].dtype == torch.float32
