@@ -6,7 +6,7 @@ torch's operators and ``torch.where``/``torch.sqrt``, such as the
 0-d tensors, and returns new values. None of them knows about parameters,
 state dicts or closures.
 
-Symbols (arXiv 2411.16914; ``../shared/spec/alice-update.md``):
+Symbols (arXiv 2411.16914; ``docs/alice-update.md``):
 
 .. math::
 

@@ -110,7 +110,7 @@ class Alice(Optimizer):
     Implements the update of "Curvature in the Looking-Glass: Optimal Methods to
     Exploit Curvature of Expectation in the Loss Landscape" (Duersch, Catanach,
     Safonov, Wendt; arXiv 2411.16914), exactly as in the project's contract
-    ``spec/alice-update.md``. Near ReLU-like kinks the gradient jumps between
+    ``docs/alice-update.md``. Near ReLU-like kinks the gradient jumps between
     nearby points (the "gradient glass"); its density :math:`\rho` is a curvature
     of the expected loss that the Hessian misses. Alice estimates :math:`\rho` and
     a Hessian magnitude :math:`H` from gradients at Rademacher perturbations of
