@@ -1,4 +1,4 @@
-"""CPU cost of the optimizer's own work per step: Alice vs torch.optim.Adam(foreach=True).
+"""Cost of the optimizer's own work per step: Alice vs torch.optim.Adam(foreach=True).
 
 Same 4M parameters, gradients handed over by a closure that does no work, so only
 the optimizers differ. Alice's figure is averaged over whole periods of
@@ -6,7 +6,7 @@ the optimizers differ. Alice's figure is averaged over whole periods of
 quick ones). All variants run interleaved in one process, repeated, and the
 median over repeats is reported with its spread.
 
-    python benchmarks/cpu_overhead.py [--numel 4194304] [--repeats 7]
+    python benchmarks/cpu_overhead.py [--numel 4194304] [--repeats 7] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -20,22 +20,30 @@ import torch
 from alice import Alice
 
 
-def make_params(numel: int, shapes: int = 4):
+def make_params(numel: int, shapes: int = 4, device="cpu"):
     rows = numel // (shapes * 1024)
-    return [torch.nn.Parameter(torch.randn(rows, 1024)) for _ in range(shapes)]
+    return [torch.nn.Parameter(torch.randn(rows, 1024, device=device)) for _ in range(shapes)]
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timer(opt, params, grads, steps: int) -> float:
-    loss = torch.zeros(())
+    device = params[0].device
+    loss = torch.zeros((), device=device)
 
     def closure():
         for p, g in zip(params, grads):
             p.grad = g
         return loss
 
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         opt.step(closure)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -44,6 +52,7 @@ def main():
     parser.add_argument("--numel", type=int, default=4 * 1024 * 1024)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick-steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
     variants = {
@@ -55,7 +64,7 @@ def main():
     period = args.quick_steps + 1
     runs = {}
     for name, make in variants.items():
-        params = make_params(args.numel)
+        params = make_params(args.numel, device=args.device)
         grads = [torch.randn_like(p) * 1e-2 for p in params]
         opt = make(params)
         warm = getattr(opt, "warmup_steps", 0)
@@ -67,7 +76,8 @@ def main():
         for name, (opt, params, grads) in runs.items():
             times[name].append(timer(opt, params, grads, period * 2))
     base = statistics.median(times["Adam(foreach=True)"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.numel:,} parameters, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}, {args.numel:,} parameters, "
           f"quick_steps={args.quick_steps}, {args.repeats} repeats of {2 * period} steps")
     print(f"{'optimizer':24s} {'ms/step (median)':>17s} {'min-max':>15s} {'ratio to Adam':>14s}")
     for name, ts in times.items():

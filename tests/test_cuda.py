@@ -1,0 +1,134 @@
+"""The optimizer on CUDA tensors: every path agrees with the CPU run, and the
+RNG replay, checkpoints and non-finite handling work there too.
+
+Skipped, with the reason, on machines without CUDA (CI is CPU only; these run
+on the device machine, see benchmarks/RESULTS.md).
+"""
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from alice import Alice
+from alice._rademacher import rademacher, tensor_key
+from alice.kernels import compiled
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+PATHS = {"foreach": dict(), "single": dict(foreach=False), "fused": dict(fused=True)}
+
+
+def mlp(device, dtype=torch.float64, dropout=0.0):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 1))
+    return model.to(device=device, dtype=dtype)
+
+
+def data(device, dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(64, 8, generator=g, dtype=dtype).to(device), torch.randn(64, 1, generator=g, dtype=dtype).to(device)
+
+
+def run(device, steps=40, dtype=torch.float64, **kwargs):
+    model, (x, y) = mlp(device, dtype), data(device, dtype)
+    opt = Alice(model.parameters(), lr=1e-2, seed=7, **kwargs)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+    return model, opt
+
+
+def test_signs_are_the_same_on_cuda():
+    key = tensor_key(3, 4, 5)
+    assert torch.equal(rademacher(key, 10_000, device="cuda").cpu(), rademacher(key, 10_000))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_cuda_trajectory_matches_cpu(path):
+    if path == "fused" and not compiled.available("cuda"):
+        pytest.skip("torch.compile (Triton) unavailable on this CUDA machine")
+    cpu_model, _ = run("cpu")
+    cuda_model, opt = run("cuda", **PATHS[path])
+    for a, b in zip(cpu_model.parameters(), cuda_model.parameters()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
+    assert all(t.device.type == "cuda" for s in opt.state.values() for t in s.values())
+
+
+def test_bfloat16_on_cuda_keeps_float32_state():
+    model, opt = run("cuda", dtype=torch.bfloat16, fused=True)
+    for p in model.parameters():
+        assert p.dtype == torch.bfloat16 and opt.state[p]["G"].dtype == torch.float32
+
+
+def test_cuda_dropout_masks_replayed():
+    model, (x, _) = mlp("cuda", torch.float32, dropout=0.5), data("cuda", torch.float32)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    outputs = []
+
+    def closure():
+        opt.zero_grad()
+        out = model[2](model[1](model[0](x)))  # after dropout
+        outputs.append(out != 0)
+        loss = out.sum()
+        loss.backward()
+        return loss
+
+    start = torch.cuda.get_rng_state()
+    opt.step(closure)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+    after = torch.cuda.get_rng_state()
+    torch.cuda.set_rng_state(start)
+    model[2](model[1](model[0](x)))
+    assert torch.equal(after, torch.cuda.get_rng_state())
+
+
+def test_cuda_resume_is_bit_exact_and_state_follows_the_parameters():
+    model, opt = run("cuda", steps=13)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, map_location="cpu", weights_only=True)
+    x, y = data("cuda")
+
+    def cont(model, opt):
+        for _ in range(11):
+            def closure():
+                opt.zero_grad()
+                loss = nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
+
+    cont(model, opt)
+    model2 = mlp("cuda")
+    model2.load_state_dict(saved["model"])
+    opt2 = Alice(model2.parameters(), lr=1e-2)
+    opt2.load_state_dict(saved["opt"])  # state saved to CPU moves to the parameters' device
+    assert all(t.is_cuda for s in opt2.state.values() for t in s.values())
+    cont(model2, opt2)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+def test_cuda_non_finite_step_is_skipped():
+    model, (x, y) = mlp("cuda"), data("cuda")
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y) * float("nan")
+        loss.backward()
+        return loss
+
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        opt.step(closure)
+    assert opt.skipped_steps == 1 and opt.steps == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
