@@ -351,7 +351,7 @@ class Alice(Optimizer):
             if rows:
                 fused = use_fused(group["fused"], [params[k] for k in rows], group["foreach"])
                 batches.append((group, rows, fused))
-        mus = torch._foreach_clone([p.detach() for p in params])
+        mus = [p.detach().clone() for p in params]
         replay = Replay(self.model) if sampling or self.model is not None else None
         grads_pm: list[list[Tensor | None]] = []
         try:

@@ -20,7 +20,10 @@ _DYNAMIC = ("sigma", "b1", "b2", "b3", "tau1", "tau2")
 
 # One graph per mode (warm-up, sampling, quick), dtype and rank, plus one for
 # size-1 tensors (never dynamic): more than dynamo's default limit of 8.
-_RECOMPILE_LIMIT = 64
+# (torch < 2.7 calls the setting cache_size_limit.)
+_LIMIT = {
+    "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit": 64
+}
 
 
 @functools.cache
@@ -55,7 +58,7 @@ def update_(tensors, hyper: dict, body) -> None:
     kwargs = dict(hyper)
     kwargs.update({k: torch.tensor(kwargs[k], dtype=torch.float64) for k in _DYNAMIC})
     update = _compile(body)
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+    with torch._dynamo.config.patch(**_LIMIT):
         for args in zip(*tensors):
             update(*map(_flat, args), **kwargs)
 
@@ -70,7 +73,7 @@ def perturb_(params, nus, keys, scales) -> None:
     """``param = nu + scale * z`` for each tensor, z the counter-based signs of ``key``
     (int32 indices: a tensor may hold up to 2**31 elements)."""
     perturb = _compile(_perturb)
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+    with torch._dynamo.config.patch(**_LIMIT):
         for p, nu, key, scale in zip(params, nus, keys, scales):
             out = p if p.is_contiguous() else torch.empty_like(nu)  # nu is always contiguous
             key = torch.tensor(as_int32(key), dtype=torch.int32)

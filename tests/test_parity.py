@@ -1,0 +1,181 @@
+"""Parity of ``alice.Alice`` with the float64 oracle in ``reference.py``.
+
+The objective is separable and nonsmooth: per coordinate
+``0.5 * a * (x - c)^2 + sum_k b_k * relu(x - k_k)`` with kinks within a few
+``lr`` of the start, so the glass term is active. Being separable, every
+coordinate's trajectory is independent of the Rademacher signs (a flipped
+sign swaps ``gp`` and ``gm``, leaving ``|h|``, ``h^2`` and ``gbar`` as they
+were), so the oracle uses all +1 signs and must agree with Alice to rounding.
+"""
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from alice import Alice
+
+try:
+    from reference import ReferenceAlice
+except ImportError:  # tests/ imported as a package
+    from .reference import ReferenceAlice
+
+LR = 1e-2
+STEPS = 200
+SHAPES = [(3, 4), (7,), (2, 2, 2), (1,), (0, 3)]
+KINKS = 3
+RTOL, ATOL = 1e-10, 1e-12
+STATE_KEYS = ("nu", "G", "V", "H", "R")
+
+
+def _problem(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(shape, lo, hi):
+        return lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)
+
+    size = sum(math.prod(s) for s in SHAPES)
+    x0 = uniform(size, -1, 1)
+    a = uniform(size, 0.5, 2.0)
+    c = x0 + uniform(size, -5 * LR, 5 * LR)
+    kinks = x0.unsqueeze(-1) + uniform((size, KINKS), -3 * LR, 3 * LR)
+    slopes = uniform((size, KINKS), -0.03, 0.03)
+    x0_list = [t.reshape(s) for t, s in zip(x0.split([math.prod(s) for s in SHAPES]), SHAPES)]
+    return x0_list, (a, c, kinks, slopes)
+
+
+X0, (A, C, KINK_AT, SLOPE) = _problem()
+
+
+def objective(xs):
+    x = torch.cat([t.reshape(-1) for t in xs])
+    return (0.5 * A * (x - C) ** 2).sum() + (SLOPE * torch.relu(x.unsqueeze(-1) - KINK_AT)).sum()
+
+
+def gradient(points):
+    xs = [p.detach().clone().requires_grad_(True) for p in points]
+    return list(torch.autograd.grad(objective(xs), xs))
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity, for the cache
+class Case:
+    desc: str
+    kwargs: dict
+    lr_at: dict = field(default_factory=dict)  # {step: new lr, set before that step}
+
+
+CASES = [
+    Case("default", {}),
+    Case("hess_zero", dict(hess_comp="zero")),
+    Case("hess_rms", dict(hess_comp="rms")),
+    Case("no_glass", dict(grad_glass=False)),
+    Case("fixed", dict(limit_method="fixed")),
+    Case("fixed_bounds", dict(limit_method="fixed", lr_min=0.002, lr_max=0.015)),
+    Case("sgdm_bounds", dict(limit_method="sgdm", lr_min=0.6, lr_max=1.0)),
+    Case("adam_bounds", dict(lr_min=0.004, lr_max=0.03)),
+    Case("quick0", dict(quick_steps=0)),
+    Case("quick5", dict(quick_steps=5)),
+    Case("w1", dict(w1=0.01)),
+    Case("w2", dict(w2=0.3)),
+    Case("w1_w2_rms", dict(w1=0.005, w2=0.3, hess_comp="rms")),
+    Case("phi_omega", dict(phi=0.3, omega=0.7)),
+    Case("betas_0.8_0.99", dict(betas=(0.8, 0.99))),
+    Case("betas_0.95_0.999", dict(betas=(0.95, 0.999), quick_steps=5)),
+    Case("lr_halves_scaled", dict(lr_min=0.004), lr_at={60: LR / 2}),
+    Case("lr_halves_unscaled", dict(lr_min=0.004, scale_bounds_with_lr=False), lr_at={60: LR / 2}),
+    Case("lr_changes_sgdm_rms", dict(limit_method="sgdm", lr_min=0.6, lr_max=1.0, hess_comp="rms"),
+         lr_at={60: LR / 2, 150: LR * 1.5}),
+]
+FUSED_CASES = ("default", "adam_bounds", "lr_halves_scaled")  # these share one compiled graph
+PATHS = {"foreach_default": {}, "single_tensor": dict(foreach=False), "fused": dict(fused=True)}
+
+
+def _flat(tensors):
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+@functools.lru_cache(maxsize=None)
+def run_reference(case):
+    ref = ReferenceAlice(X0, lr=LR, **case.kwargs)
+    trajectory = []
+    for n in range(1, STEPS + 1):
+        ref.step(gradient, lr=case.lr_at.get(n))
+        trajectory.append(_flat(ref.mu))
+    return torch.stack(trajectory), ref
+
+
+def run_alice(case, path, steps=STEPS):
+    """Returns (params after each step, closure calls per step, params, optimizer)."""
+    params = [torch.nn.Parameter(x.clone()) for x in X0]
+    opt = Alice(params, lr=LR, seed=0, **case.kwargs, **path)
+    calls = [0]
+
+    @torch.enable_grad()
+    def closure():
+        calls[0] += 1
+        opt.zero_grad()
+        loss = objective(params)
+        loss.backward()
+        return loss
+
+    trajectory, counts = [], []
+    for n in range(1, steps + 1):
+        if n in case.lr_at:
+            for group in opt.param_groups:
+                group["lr"] = case.lr_at[n]
+        before = calls[0]
+        opt.step(closure)
+        counts.append(calls[0] - before)
+        trajectory.append(_flat(params))
+    return torch.stack(trajectory), counts, params, opt
+
+
+def _assert_trajectories_match(got, want):
+    off = (~torch.isclose(got, want, rtol=RTOL, atol=ATOL)).any(dim=1).nonzero().flatten().tolist()
+    if off:
+        first = off[0]
+        pytest.fail(f"parameters diverge from the reference first at step {first + 1} "
+                    f"({len(off)} of {len(got)} steps off); max abs diff there "
+                    f"{(got[first] - want[first]).abs().max().item():.3e}")
+
+
+def _compile_available():
+    return hasattr(torch, "compile") and torch._dynamo.is_dynamo_supported()
+
+
+PARAMS = [pytest.param(case, path, id=f"{case.desc}-{path}")
+          for case in CASES for path in ("foreach_default", "single_tensor")]
+PARAMS += [pytest.param(case, "fused", id=f"{case.desc}-fused",
+                        marks=pytest.mark.skipif(not _compile_available(),
+                                                 reason="torch.compile is unavailable"))
+           for case in CASES if case.desc in FUSED_CASES]
+
+
+@pytest.mark.parametrize("case,path", PARAMS)
+def test_parity_with_reference(case, path):
+    want_traj, ref = run_reference(case)
+    got_traj, _, params, opt = run_alice(case, PATHS[path])
+
+    _assert_trajectories_match(got_traj, want_traj)
+    for i, p in enumerate(params):
+        assert p.shape == SHAPES[i] and p.dtype == torch.float64
+        torch.testing.assert_close(p.detach(), ref.mu[i], rtol=RTOL, atol=ATOL)
+        state = opt.state[p]
+        for key in STATE_KEYS:
+            torch.testing.assert_close(state[key], getattr(ref, key)[i], rtol=RTOL, atol=ATOL,
+                                       msg=lambda m, key=key, i=i: f"state {key!r} of tensor {i}: {m}")
+
+
+@pytest.mark.parametrize("path", ["foreach_default", "single_tensor"])
+def test_warmup_is_exactly_ten_steps_at_beta1_0_9(path):
+    steps = 16
+    traj, counts, _, _ = run_alice(Case("default", dict(betas=(0.9, 0.999), quick_steps=3)),
+                                   PATHS[path], steps=steps)
+    start = _flat(X0)
+    for n in range(10):
+        assert torch.equal(traj[n], start), f"parameters moved during warm-up step {n + 1}"
+    assert (traj[10] != start).all(), "some parameter did not move at step 11"
+    # steps 1-10 sample (warm-up); then step n samples when n % 4 == 0
+    assert counts == [3] * 10 + [1, 3, 1, 1, 1, 3]
