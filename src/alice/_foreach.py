@@ -16,6 +16,7 @@ import torch
 _FOREACH = {
     torch.sqrt: torch._foreach_sqrt,
     torch.abs: torch._foreach_abs,
+    torch.clamp_min: torch._foreach_clamp_min,
 }
 
 
@@ -76,7 +77,7 @@ class TensorList:
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _FOREACH:
-            return cls(_FOREACH[func](args[0].tensors))
+            return cls(_FOREACH[func](*(a.tensors if isinstance(a, cls) else a for a in args)))
         n = next(len(a.tensors) for a in args if isinstance(a, TensorList))
         columns = zip(*(_unwrap(a, n) for a in args))
         return cls(func(*column, **kwargs) for column in columns)

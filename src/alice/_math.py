@@ -73,8 +73,8 @@ def glass_sample(gp, gm, g0, sigma):
 
 def regularized_grad(g0, nu, w1, w2):
     """``g0 + w1 * s + w2 * nu`` with ``s = -1`` where ``nu < 0`` else ``+1``."""
-    if w1 != 0:
-        g0 = g0 + torch.where(nu < 0, -w1, w1)
+    if w1 != 0:  # (not where(nu < 0, -w1, w1): two scalars would make a float32 tensor)
+        g0 = torch.where(nu < 0, g0 - w1, g0 + w1)
     if w2 != 0:
         g0 = g0 + w2 * nu
     return g0
@@ -107,9 +107,8 @@ def step_scale(g_abs, V, eps, limit_method: str):
 
 def bound(step, lower, upper):
     """Raise ``step`` to ``lower`` where below it; set it to ``upper`` where it is
-    not below it (so NaN becomes ``upper``)."""
-    step = torch.where(step < lower, lower, step)
-    return torch.where(step < upper, step, upper)
+    not below it (so NaN, which ``clamp_min`` keeps, becomes ``upper``)."""
+    return torch.where(step < upper, torch.clamp_min(step, lower), upper)
 
 
 def signed_step(G, V, H, R, *, eps, tau1, tau2, hess_comp, grad_glass, limit_method):

@@ -18,8 +18,8 @@ from .._rademacher import as_int32, signs_at
 
 _DYNAMIC = ("sigma", "b1", "b2", "b3", "tau1", "tau2")
 
-# One graph per mode (warm-up, sampling, quick), dtype and rank, plus one for
-# size-1 tensors (never dynamic): more than dynamo's default limit of 8.
+# One graph per mode (warm-up, sampling, quick), dtype and rank: more than
+# dynamo's default limit of 8 once float32 and float64 groups meet.
 # (torch < 2.7 calls the setting cache_size_limit.)
 _LIMIT = {
     "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit": 64
@@ -60,7 +60,10 @@ def update_(tensors, hyper: dict, body) -> None:
     update = _compile(body)
     with torch._dynamo.config.patch(**_LIMIT):
         for args in zip(*tensors):
-            update(*map(_flat, args), **kwargs)
+            # Size-1 tensors would get a graph of their own (dynamo never treats
+            # size 1 as dynamic), which inductor 2.11 miscompiles for float64 on
+            # CUDA; they cost nothing eagerly.
+            (update if args[0].numel() > 1 else body)(*map(_flat, args), **kwargs)
 
 
 def _perturb(out, nu, key, scale):
