@@ -16,13 +16,15 @@ $(BIN)/activate:
 		$(PYTHON) -m venv $(VENV); \
 	fi
 
-# torch: keep an existing one; else the pinned release, from a wheel on disk
-# if there is one, else a CPU build on machines without an NVIDIA driver.
+# torch: keep an existing one; else the pinned release from a wheel on disk
+# (pip's find-links; its dependencies then from the index), else from the index
+# on machines with an NVIDIA driver, else a CPU build: never CUDA wheels on a CPU machine.
+PIP := $(BIN)/python -m pip install -q
 $(VENV)/.torch: $(BIN)/activate
 	@$(BIN)/python -c "import torch" 2>/dev/null \
-	|| $(BIN)/python -m pip install -q --no-index "$(TORCH)" 2>/dev/null \
-	|| { command -v nvidia-smi >/dev/null && $(BIN)/python -m pip install -q "$(TORCH)"; } \
-	|| $(BIN)/python -m pip install -q "$(TORCH)" --index-url $(TORCH_CPU_INDEX)
+	|| { $(PIP) --no-index --no-deps "$(TORCH)" 2>/dev/null && $(PIP) "$(TORCH)"; } \
+	|| { command -v nvidia-smi >/dev/null && $(PIP) "$(TORCH)"; } \
+	|| $(PIP) "$(TORCH)" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple
 	@touch $@
 
 $(VENV)/.deps: $(VENV)/.torch pyproject.toml
