@@ -36,6 +36,8 @@ SPLIT_SEED = 0
 OPTIMIZERS: dict[str, Callable[[list[Tensor], int], torch.optim.Optimizer]] = {
     "Alice (lr=3e-2)": lambda params, seed: Alice(params, lr=3e-2, seed=seed),
     "Alice glass (lr=3e-2)": lambda params, seed: Alice.preset("glass", params, lr=3e-2, seed=seed),
+    "Alice hessian (lr=3e-2)": lambda params, seed: Alice.preset("hessian", params, lr=3e-2, seed=seed),
+    "Alice glass_rms (lr=3e-2)": lambda params, seed: Alice.preset("glass_rms", params, lr=3e-2, seed=seed),
     "Adam (lr=1e-2)": lambda params, seed: torch.optim.Adam(params, lr=1e-2),
 }
 """Display name -> factory(params, seed) of every optimizer the demo compares.
