@@ -2,6 +2,7 @@
 
 import copy
 import io
+import pickle
 import re
 import warnings
 
@@ -473,3 +474,15 @@ def test_load_keeps_float32_state_for_half_parameters():
     for p in model.parameters():
         assert all(torch.equal(opt.state[p][k], opt2.state[p][k]) for k in opt.state[p])
         assert opt2.state[p]["G"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))], ids=["deepcopy", "pickle"])
+def test_copies_of_model_and_optimizer_continue_identically(duplicate):
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=9, quick_steps=2)
+    train(model, opt, x, y, 12)
+    model2, opt2 = duplicate((model, opt))
+    assert opt2._globals() == opt._globals() == dict(steps=12, seed=9, skipped_steps=0, quick_steps=2, warmup_steps=10)
+    train(model, opt, x, y, 7)
+    train(model2, opt2, x, y, 7)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))

@@ -28,6 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 """The paper's ablation: which curvature terms enter the step."""
 
 _STATE_KEYS = ("nu", "G", "V", "H", "R")
+_GLOBALS = ("steps", "seed", "skipped_steps", "quick_steps", "warmup_steps")
+"""Optimizer-wide state, saved under ``state_dict()["alice"]``."""
 
 
 class ClosureError(RuntimeError, TypeError, ValueError):
@@ -259,10 +261,20 @@ class Alice(Optimizer):
             raise
         group.setdefault("lr0", group["lr"])  # the lr the bounds are relative to
 
+    def __getstate__(self) -> dict[str, Any]:  # pickle, deepcopy
+        return {**super().__getstate__(), "alice": self._globals(), "model": self.model}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        glob, self.model = state.pop("alice", {}), state.pop("model", None)
+        self.__dict__.update(glob)
+        self._warned_nonfinite = False
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("lr0", group["lr"])
+
+    def _globals(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in _GLOBALS}
 
     # -- schedule ---------------------------------------------------------------
 
@@ -434,13 +446,7 @@ class Alice(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus ``"alice"``: step count, seed, skipped steps and schedule."""
         state_dict = super().state_dict()
-        state_dict["alice"] = {
-            "steps": self.steps,
-            "seed": self.seed,
-            "skipped_steps": self.skipped_steps,
-            "quick_steps": self.quick_steps,
-            "warmup_steps": self.warmup_steps,
-        }
+        state_dict["alice"] = self._globals()
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -475,6 +481,9 @@ class Alice(Optimizer):
                         f"but the parameter has shape {tuple(p.shape)}"
                     )
         glob = state_dict["alice"]
+        missing = [k for k in _GLOBALS if k not in glob]
+        if missing:
+            raise ValueError(f"The state dict's 'alice' entry lacks {missing}")
         super().load_state_dict({"state": {}, "param_groups": saved_groups})
         self.state.clear()
         for pid, state in state_dict["state"].items():
@@ -484,8 +493,4 @@ class Alice(Optimizer):
                 k: state[k].to(device=p.device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
                 for k in _STATE_KEYS
             }
-        self.steps = int(glob["steps"])
-        self.seed = int(glob["seed"])
-        self.skipped_steps = int(glob["skipped_steps"])
-        self.quick_steps = int(glob["quick_steps"])
-        self.warmup_steps = int(glob["warmup_steps"])
+        self.__dict__.update({key: int(glob[key]) for key in _GLOBALS})
