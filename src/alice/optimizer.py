@@ -101,6 +101,10 @@ def _check_group(group: dict, quick_steps: int) -> None:
         fail("grad_glass", False, 'True when hess_comp="zero" (the step would have no curvature at all)')
 
 
+def _take(items: list, rows: list[int]) -> list:
+    return [items[k] for k in rows]
+
+
 def _state_dtype(p: Tensor) -> torch.dtype:
     """Optimizer state is kept in float32 for half-precision parameters."""
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
@@ -343,6 +347,33 @@ class Alice(Optimizer):
         if params:
             torch._foreach_copy_(params, values)
 
+    def _batches(self, entries, params) -> list[tuple[dict, list[int], bool]]:
+        """(group, rows of ``entries``, fused?) for every group with trainable parameters."""
+        batches = []
+        for group in self.param_groups:
+            rows = [k for k, entry in enumerate(entries) if entry[1] is group]
+            if rows:
+                batches.append((group, rows, use_fused(group["fused"], _take(params, rows), group["foreach"])))
+        return batches
+
+    def _evaluations(self, closure, n, entries, params, nus, batches, replay):
+        """Run the closure at ``nu + sigma z`` and ``nu - sigma z`` (sampling steps) and
+        at ``nu``; returns the loss at ``nu``, its gradients, and the perturbed ones."""
+        grads_pm = []
+        if self.is_sampling_step(n):
+            for direction in (1.0, -1.0):
+                for group, rows, fused in batches:
+                    perturb_(
+                        _take(params, rows), _take(nus, rows),
+                        [tensor_key(self.seed, n, entries[k][0]) for k in rows],
+                        [direction * group["lr"]] * len(rows), fused=fused,
+                    )
+                grads_pm.append(self._evaluate(closure, params)[1])
+                replay.rewind()  # the same dropout masks, the same buffers, next time
+        self._set(params, nus)
+        loss, grads = self._evaluate(closure, params)
+        return loss, grads, grads_pm
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Take one Alice step; ``closure`` re-evaluates the model and returns the loss."""
@@ -353,32 +384,14 @@ class Alice(Optimizer):
             with torch.enable_grad():
                 return closure()
         n = self.steps + 1
-        sampling, move = self.is_sampling_step(n), n > self.warmup_steps
         params = [p for _, _, p in entries]
         states = [self._get_state(p) for p in params]
         nus = [s["nu"] for s in states]
-        batches = []  # (group, rows of entries, fused?) per param group
-        for group in self.param_groups:
-            rows = [k for k, entry in enumerate(entries) if entry[1] is group]
-            if rows:
-                fused = use_fused(group["fused"], [params[k] for k in rows], group["foreach"])
-                batches.append((group, rows, fused))
+        batches = self._batches(entries, params)
         mus = [p.detach().clone() for p in params]
-        replay = Replay(self.model) if sampling or self.model is not None else None
-        grads_pm: list[list[Tensor | None]] = []
+        replay = Replay(self.model) if self.is_sampling_step(n) or self.model is not None else None
         try:
-            if sampling:
-                for direction in (1.0, -1.0):  # nu + sigma z, then nu - sigma z
-                    for group, rows, fused in batches:
-                        perturb_(
-                            [params[k] for k in rows], [nus[k] for k in rows],
-                            [tensor_key(self.seed, n, entries[k][0]) for k in rows],
-                            [direction * group["lr"]] * len(rows), fused=fused,
-                        )
-                    grads_pm.append(self._evaluate(closure, params)[1])
-                    replay.rewind()
-            self._set(params, nus)
-            loss, grads = self._evaluate(closure, params)
+            loss, grads, grads_pm = self._evaluations(closure, n, entries, params, nus, batches, replay)
         except BaseException:
             self._set(params, mus)
             if replay is not None:
@@ -386,31 +399,30 @@ class Alice(Optimizer):
             raise
 
         # A parameter takes part only if every evaluation gave it a gradient.
-        has_grad = [g is not None and all(gs[k] is not None for gs in grads_pm) for k, g in enumerate(grads)]
-        if not any(has_grad):
+        rows = [k for k, g in enumerate(grads) if g is not None and all(gs[k] is not None for gs in grads_pm)]
+        if not rows:
             self._set(params, mus)
             raise ClosureError("No parameter received a gradient: the closure must call loss.backward().\n" + _CLOSURE_HELP)
-        if not self._all_finite(loss, [gs[k] for gs in (grads, *grads_pm) for k, ok in enumerate(has_grad) if ok]):
+        if not self._all_finite(loss, [gs[k] for gs in (grads, *grads_pm) for k in rows]):
             self._set(params, mus)
             if self.model is not None:
                 replay.rewind(rng=False)
             self._skip(n, loss)
             return loss
-        idle = [k for k, ok in enumerate(has_grad) if not ok]
-        self._set([params[k] for k in idle], [mus[k] for k in idle])
+        idle = sorted(set(range(len(params))) - set(rows))
+        self._set(_take(params, idle), _take(mus, idle))
 
         self.steps = n
-        for p, state, ok in zip(params, states, has_grad):
-            if ok:
-                self.state[p] = state
-        for group, rows, fused in batches:
-            rows = [k for k in rows if has_grad[k]]
-            pick = lambda xs: [xs[k] for k in rows]  # noqa: E731
+        for k in rows:
+            self.state[params[k]] = states[k]
+        taking_part = set(rows)
+        for group, group_rows, fused in batches:
+            group_rows = [k for k in group_rows if k in taking_part]
             alice_(
-                pick(params), pick(mus), pick(grads),
-                *(pick([s[key] for s in states]) for key in _STATE_KEYS),
-                *(pick(gs) for gs in grads_pm) if sampling else (None, None),
-                self._hyper(group, n, move),
+                _take(params, group_rows), _take(mus, group_rows), _take(grads, group_rows),
+                *(_take([s[key] for s in states], group_rows) for key in _STATE_KEYS),
+                *(_take(gs, group_rows) for gs in grads_pm) if grads_pm else (None, None),
+                self._hyper(group, n, move=n > self.warmup_steps),
                 foreach=group["foreach"], fused=fused,
             )
         return loss
