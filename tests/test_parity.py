@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alice import Alice
 
@@ -97,10 +99,10 @@ def _flat(tensors):
 
 
 @functools.lru_cache(maxsize=None)
-def run_reference(case):
+def run_reference(case, steps=STEPS):
     ref = ReferenceAlice(X0, lr=LR, **case.kwargs)
     trajectory = []
-    for n in range(1, STEPS + 1):
+    for n in range(1, steps + 1):
         ref.step(gradient, lr=case.lr_at.get(n))
         trajectory.append(_flat(ref.mu))
     return torch.stack(trajectory), ref
@@ -179,3 +181,32 @@ def test_warmup_is_exactly_ten_steps_at_beta1_0_9(path):
     assert (traj[10] != start).all(), "some parameter did not move at step 11"
     # steps 1-10 sample (warm-up); then step n samples when n % 4 == 0
     assert counts == [3] * 10 + [1, 3, 1, 1, 1, 3]
+
+
+@st.composite
+def configs(draw):
+    """Any valid combination of the spec's options."""
+    quick = draw(st.integers(0, 5))
+    beta2 = draw(st.floats(1 - 0.9 / (quick + 1), 0.9999))
+    limit = draw(st.sampled_from(["fixed", "sgdm", "adam"]))
+    unit = {"fixed": LR, "sgdm": 1.0, "adam": LR}[limit]
+    lr_min = draw(st.floats(0, 0.5)) * unit
+    hess = draw(st.sampled_from(["zero", "abs", "rms"]))
+    default_max = lr_min <= 2 * LR and draw(st.booleans())  # None means 2 * lr
+    return dict(
+        betas=(draw(st.floats(0.5, 0.95)), beta2), quick_steps=quick, limit_method=limit,
+        lr_min=lr_min, lr_max=None if default_max else lr_min + draw(st.floats(0.5, 3.0)) * unit,
+        hess_comp=hess, grad_glass=hess == "zero" or draw(st.booleans()),
+        w1=draw(st.sampled_from([0.0, 0.003])), w2=draw(st.sampled_from([0.0, 0.2])),
+        phi=draw(st.one_of(st.none(), st.floats(0.05, 1.95))), omega=draw(st.floats(0.1, 2.0)),
+        scale_bounds_with_lr=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(kwargs=configs(), lr_change=st.sampled_from([None, 0.5, 2.0]))
+def test_random_configurations_match_the_reference(kwargs, lr_change):
+    case = Case("random", kwargs, lr_at={} if lr_change is None else {30: LR * lr_change})
+    want, _ = run_reference(case, steps=60)
+    got, _, _, _ = run_alice(case, PATHS["foreach_default"], steps=60)
+    _assert_trajectories_match(got, want)
