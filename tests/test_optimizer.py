@@ -387,6 +387,32 @@ def test_per_group_hyperparameters_and_phi_default():
     assert opt.warmup_steps == 10  # from the constructor's beta1, not the group's
 
 
+def test_complex_parameters_are_refused():
+    with pytest.raises(ValueError, match="complex64.*real floating-point"):
+        Alice([nn.Parameter(torch.zeros(2, dtype=torch.complex64))])
+
+
+def test_a_group_added_later_joins_the_global_schedule():
+    model, x, y = quadratic()
+    extra = nn.Parameter(torch.ones(1))
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x) * extra, y)
+        loss.backward()
+        return loss
+
+    extra.requires_grad_(False)
+    for _ in range(12):
+        opt.step(closure)
+    extra.requires_grad_(True)
+    opt.add_param_group({"params": [extra], "lr": 1e-3, "hess_comp": "rms"})
+    opt.step(closure)  # step 13: a quick step, already past warm-up: extra moves at once
+    assert opt.steps == 13 and opt.param_groups[1]["lr0"] == 1e-3
+    assert extra.item() != 1.0 and abs(extra.item() - 1.0) <= 2e-3 + 1e-12
+
+
 def test_presets():
     p = [nn.Parameter(torch.zeros(2))]
     for name, settings in PRESETS.items():

@@ -60,6 +60,12 @@ def _check_group(group: dict, quick_steps: int) -> None:
             fail(name, value, "a finite real number")
         return value
 
+    for p in group["params"]:
+        if not p.is_floating_point():
+            raise ValueError(
+                f"Invalid parameter of dtype {p.dtype} and shape {tuple(p.shape)} "
+                "(Alice updates real floating-point parameters only)"
+            )
     if "quick_steps" in group:
         raise ValueError(
             f"Invalid quick_steps in a param group: {group['quick_steps']!r} (quick_steps sets the "
@@ -237,7 +243,7 @@ class Alice(Optimizer):
             scale_bounds_with_lr=scale_bounds_with_lr, hess_comp=hess_comp, grad_glass=grad_glass,
             foreach=foreach, fused=fused,
         )
-        _check_group(defaults, quick_steps)
+        _check_group({**defaults, "params": []}, quick_steps)
         self.warmup_steps = math.floor(1 / (1 - defaults["betas"][0]) + 1e-9)
         self.seed = seed
         self.model = model
