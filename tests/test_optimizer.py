@@ -149,6 +149,18 @@ def test_the_gradient_left_in_grad_is_the_one_at_nu():
     assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), probe.parameters()))
 
 
+def test_parameters_hold_mu_after_every_step_even_when_edited_in_warm_up():
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    closure = make_closure(opt, model, x, y)
+    opt.step(closure)
+    with torch.no_grad():
+        model.weight.clamp_(-0.1, 0.1)  # a projection between steps, as in weight clipping
+    edited = model.weight.detach().clone()
+    opt.step(closure)  # still warm-up: no move, the edited centre stays
+    assert torch.equal(model.weight, edited)
+
+
 def test_frozen_and_unused_parameters_are_left_untouched():
     used = nn.Linear(3, 1)
     frozen = nn.Parameter(torch.ones(4), requires_grad=False)

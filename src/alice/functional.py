@@ -84,20 +84,23 @@ def _update_(
         )
         nu.copy_(mu + omega * step)
         param.copy_(mu + phi * step)
+    else:  # warm-up: no move, the parameter goes back to the centre
+        param.copy_(mu)
 
 
 def _single_tensor_alice_(tensors, hp):
+    kwargs = asdict(hp)
     for args in zip(*tensors):
-        _update_(*args, **asdict(hp))
+        _update_(*args, **kwargs)
 
 
 def _multi_tensor_alice_(tensors, hp):
-    by_device_dtype = defaultdict(list)
+    kwargs, by_device_dtype = asdict(hp), defaultdict(list)
     for args in zip(*tensors):
         by_device_dtype[args[3].device, args[3].dtype].append(args)  # keyed by nu
     for rows in by_device_dtype.values():
         columns = [None if col[0] is None else TensorList(col) for col in zip(*rows)]
-        _update_(*columns, **asdict(hp))
+        _update_(*columns, **kwargs)
 
 
 def _fused_alice_(tensors, hp):
