@@ -9,13 +9,10 @@ no multi-tensor kernel (``torch.where``, comparisons) apply per tensor.
 
 from __future__ import annotations
 
-from numbers import Number
-
 import torch
 
 _FOREACH = {
     torch.sqrt: torch._foreach_sqrt,
-    torch.abs: torch._foreach_abs,
     torch.clamp_min: torch._foreach_clamp_min,
 }
 
@@ -50,12 +47,6 @@ class TensorList:
 
     __radd__ = __add__
     __rmul__ = __mul__
-
-    def __rsub__(self, other: Number):
-        return TensorList(torch._foreach_add(torch._foreach_neg(self.tensors), other))
-
-    def __rtruediv__(self, other: Number):
-        return TensorList(torch._foreach_mul(torch._foreach_reciprocal(self.tensors), other))
 
     def __neg__(self):
         return TensorList(torch._foreach_neg(self.tensors))
