@@ -48,6 +48,9 @@ class TensorList:
     __radd__ = __add__
     __rmul__ = __mul__
 
+    def __rtruediv__(self, other):  # a number over a list (e.g. rho = 0 without the glass term)
+        return TensorList(torch._foreach_mul(torch._foreach_reciprocal(self.tensors), other))
+
     def __neg__(self):
         return TensorList(torch._foreach_neg(self.tensors))
 
