@@ -389,6 +389,20 @@ def test_schedulers_drive_lr_and_bounds():
     assert opt._hyper(group, 21, move=True).tau2 == pytest.approx(2e-2)
 
 
+def test_a_scheduler_driving_lr_to_zero_gets_a_clear_error_and_nothing_changes():
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)  # ends at lr = 0
+    closure = make_closure(opt, model, x, y)
+    for _ in range(5):
+        opt.step(closure)
+        sched.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"param group 0: Invalid lr: 0\.0"):
+        opt.step(closure)  # lr is also the perturbation length: 0 would divide by zero
+    assert opt.steps == 5 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_per_group_hyperparameters_and_phi_default():
     a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
     opt = Alice([{"params": [a]}, {"params": [b], "lr": 0.1, "betas": (0.8, 0.99), "lr_max": 0.5}], lr=1e-2)

@@ -49,23 +49,18 @@ _CLOSURE_HELP = (
 )
 
 
-def _check_group(group: dict, quick_steps: int) -> None:
-    """Raise ValueError naming the first invalid hyperparameter of ``group``."""
+def _check_group(group: dict, quick_steps: int, where: str = "") -> None:
+    """Raise ValueError naming the first invalid hyperparameter of ``group``
+    (``where`` prefixes the message, e.g. with the group's index)."""
 
     def fail(name, value, rule):
-        raise ValueError(f"Invalid {name}: {value!r} (must be {rule})")
+        raise ValueError(f"{where}Invalid {name}: {value!r} (must be {rule})")
 
     def real(name, value):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             fail(name, value, "a finite real number")
         return value
 
-    for p in group["params"]:
-        if not p.is_floating_point():
-            raise ValueError(
-                f"Invalid parameter of dtype {p.dtype} and shape {tuple(p.shape)} "
-                "(Alice updates real floating-point parameters only)"
-            )
     if "quick_steps" in group:
         raise ValueError(
             f"Invalid quick_steps in a param group: {group['quick_steps']!r} (quick_steps sets the "
@@ -243,7 +238,7 @@ class Alice(Optimizer):
             scale_bounds_with_lr=scale_bounds_with_lr, hess_comp=hess_comp, grad_glass=grad_glass,
             foreach=foreach, fused=fused,
         )
-        _check_group({**defaults, "params": []}, quick_steps)
+        _check_group(defaults, quick_steps)
         self.warmup_steps = math.floor(1 / (1 - defaults["betas"][0]) + 1e-9)
         self.seed = seed
         self.model = model
@@ -266,6 +261,12 @@ class Alice(Optimizer):
         group = self.param_groups[-1]
         try:
             _check_group(group, self.quick_steps)
+            for p in group["params"]:
+                if not p.is_floating_point():
+                    raise ValueError(
+                        f"Invalid parameter of dtype {p.dtype} and shape {tuple(p.shape)} "
+                        "(Alice updates real floating-point parameters only)"
+                    )
         except ValueError:
             self.param_groups.pop()
             raise
@@ -389,6 +390,8 @@ class Alice(Optimizer):
         if not entries:
             with torch.enable_grad():
                 return closure()
+        for i, group in enumerate(self.param_groups):  # schedulers and users may have changed them
+            _check_group(group, self.quick_steps, where=f"param group {i}: ")
         n = self.steps + 1
         params = [p for _, _, p in entries]
         states = [self._get_state(p) for p in params]
