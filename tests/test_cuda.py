@@ -31,10 +31,7 @@ def data(device, dtype=torch.float64):
     return torch.randn(64, 8, generator=g, dtype=dtype).to(device), torch.randn(64, 1, generator=g, dtype=dtype).to(device)
 
 
-def run(device, steps=40, dtype=torch.float64, **kwargs):
-    model, (x, y) = mlp(device, dtype), data(device, dtype)
-    opt = Alice(model.parameters(), lr=1e-2, seed=7, **kwargs)
-
+def train(model, opt, x, y, steps):
     def closure():
         opt.zero_grad()
         loss = nn.functional.mse_loss(model(x), y)
@@ -43,6 +40,12 @@ def run(device, steps=40, dtype=torch.float64, **kwargs):
 
     for _ in range(steps):
         opt.step(closure)
+
+
+def run(device, steps=40, dtype=torch.float64, **kwargs):
+    model, (x, y) = mlp(device, dtype), data(device, dtype)
+    opt = Alice(model.parameters(), lr=1e-2, seed=7, **kwargs)
+    train(model, opt, x, y, steps)
     return model, opt
 
 
@@ -99,23 +102,13 @@ def test_cuda_resume_is_bit_exact_and_state_follows_the_parameters():
     buffer.seek(0)
     saved = torch.load(buffer, map_location="cpu", weights_only=True)
     x, y = data("cuda")
-
-    def cont(model, opt):
-        for _ in range(11):
-            def closure():
-                opt.zero_grad()
-                loss = nn.functional.mse_loss(model(x), y)
-                loss.backward()
-                return loss
-            opt.step(closure)
-
-    cont(model, opt)
+    train(model, opt, x, y, 11)
     model2 = mlp("cuda")
     model2.load_state_dict(saved["model"])
     opt2 = Alice(model2.parameters(), lr=1e-2)
     opt2.load_state_dict(saved["opt"])  # state saved to CPU moves to the parameters' device
     assert all(t.is_cuda for s in opt2.state.values() for t in s.values())
-    cont(model2, opt2)
+    train(model2, opt2, x, y, 11)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
 
 
