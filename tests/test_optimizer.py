@@ -538,3 +538,28 @@ def test_copies_of_model_and_optimizer_continue_identically(duplicate):
     train(model, opt, x, y, 7)
     train(model2, opt2, x, y, 7)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+def test_a_kernel_that_fails_to_compile_falls_back_to_foreach(monkeypatch):
+    from alice.kernels import compiled
+
+    def broken(fn):
+        def run(*args, **kwargs):
+            raise torch._dynamo.exc.TorchDynamoException("no backend for this graph")
+
+        return run
+
+    monkeypatch.setattr(compiled, "_AVAILABLE", {"cpu": True})
+    monkeypatch.setattr(compiled, "_compile", broken)
+    runs = []
+    for fused in (True, False):
+        model, x, y = quadratic()
+        opt = Alice(model.parameters(), lr=1e-2, seed=4, fused=fused)
+        if fused:
+            with pytest.warns(RuntimeWarning, match="falls back to the multi-tensor"):
+                train(model, opt, x, y, 14)
+            assert compiled._AVAILABLE["cpu"] is False
+        else:
+            train(model, opt, x, y, 14)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

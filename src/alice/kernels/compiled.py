@@ -26,22 +26,45 @@ _LIMIT = {
 }
 
 
-@functools.cache
+_AVAILABLE: dict[str, bool] = {}
+"""Per device type: whether compiled kernels work there (probed once; set to False
+for good when compiling an Alice kernel fails later)."""
+
+
+def _warn_fallback(device_type: str, err: Exception) -> None:
+    warnings.warn(
+        f"alice: torch.compile is unavailable on {device_type!r} ({type(err).__name__}: {err}); "
+        "the fused update falls back to the multi-tensor (foreach) path.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
 def available(device_type: str, warn: bool = True) -> bool:
-    """Whether ``torch.compile`` can build kernels on this device type (probed once)."""
-    try:
-        x = torch.zeros(8, device=device_type)
-        torch.compile(lambda t: t.add_(1), dynamic=True, fullgraph=True)(x)
-        return bool(x[0] == 1)
-    except Exception as err:  # no C++ compiler, no Triton, unsupported backend
-        if warn:
-            warnings.warn(
-                f"alice: torch.compile is unavailable on {device_type!r} ({type(err).__name__}: {err}); "
-                "the fused update falls back to the multi-tensor (foreach) path.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-        return False
+    """Whether ``torch.compile`` can build kernels on this device type."""
+    if device_type not in _AVAILABLE:
+        try:
+            x = torch.zeros(8, device=device_type)
+            torch.compile(lambda t: t.add_(1), dynamic=True, fullgraph=True)(x)
+            _AVAILABLE[device_type] = bool(x[0] == 1)
+        except Exception as err:  # no C++ compiler, no Triton, unsupported backend
+            _AVAILABLE[device_type] = False
+            if warn:
+                _warn_fallback(device_type, err)
+    return _AVAILABLE[device_type]
+
+
+def _run(compiled, eager, args, kwargs) -> None:
+    """``compiled(*args, **kwargs)``, or ``eager`` from now on if compiling it fails
+    (a graph torch.compile cannot build here must not stop training)."""
+    device_type = args[0].device.type
+    if _AVAILABLE.get(device_type, True):
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as err:  # raised before any write
+            _AVAILABLE[device_type] = False
+            _warn_fallback(device_type, err)
+    return eager(*args, **kwargs)
 
 
 @functools.cache
@@ -63,7 +86,11 @@ def update_(tensors, hyper: dict, body) -> None:
             # Size-1 tensors would get a graph of their own (dynamo never treats
             # size 1 as dynamic), which inductor 2.11 miscompiles for float64 on
             # CUDA; they cost nothing eagerly.
-            (update if args[0].numel() > 1 else body)(*map(_flat, args), **kwargs)
+            flat = list(map(_flat, args))
+            if args[0].numel() > 1:
+                _run(update, body, flat, kwargs)
+            else:
+                body(*flat, **kwargs)
 
 
 def _perturb(out, nu, key, scale):
@@ -80,6 +107,6 @@ def perturb_(params, nus, keys, scales) -> None:
         for p, nu, key, scale in zip(params, nus, keys, scales):
             out = p if p.is_contiguous() else torch.empty_like(nu)  # nu is always contiguous
             key = torch.tensor(as_int32(key), dtype=torch.int32)
-            perturb(out.view(-1), nu.view(-1), key, torch.tensor(scale, dtype=torch.float64))
+            _run(perturb, _perturb, (out.view(-1), nu.view(-1), key, torch.tensor(scale, dtype=torch.float64)), {})
             if out is not p:
                 p.copy_(out)
