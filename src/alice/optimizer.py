@@ -330,7 +330,7 @@ class Alice(Optimizer):
             return self.state[p]
         dtype = _state_dtype(p)
         state = {"nu": p.detach().to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)}
-        for key in ("G", "V", "H", "R"):
+        for key in _STATE_KEYS[1:]:  # G, V, H, R
             state[key] = torch.zeros(p.shape, dtype=dtype, device=p.device)
         return state
 
@@ -353,6 +353,13 @@ class Alice(Optimizer):
     def _set(params: list[Tensor], values: list[Tensor]) -> None:
         if params:
             torch._foreach_copy_(params, values)
+
+    def _abandon(self, params: list[Tensor], mus: list[Tensor], replay: Replay | None) -> None:
+        """Undo a step that will not be taken: parameters back to ``mu``, and the
+        model's buffers (with ``model=``) back to where the step found them."""
+        self._set(params, mus)
+        if replay is not None:
+            replay.rewind(rng=False)
 
     def _batches(self, entries, params) -> list[tuple[dict, list[int], bool]]:
         """(group, rows of ``entries``, fused?) for every group with trainable parameters."""
@@ -402,20 +409,16 @@ class Alice(Optimizer):
         try:
             loss, grads, grads_pm = self._evaluations(closure, n, entries, params, nus, batches, replay)
         except BaseException:
-            self._set(params, mus)
-            if replay is not None:
-                replay.rewind(rng=False)
+            self._abandon(params, mus, replay)
             raise
 
         # A parameter takes part only if every evaluation gave it a gradient.
         rows = [k for k, g in enumerate(grads) if g is not None and all(gs[k] is not None for gs in grads_pm)]
         if not rows:
-            self._set(params, mus)
+            self._abandon(params, mus, replay)
             raise ClosureError("No parameter received a gradient: the closure must call loss.backward().\n" + _CLOSURE_HELP)
         if not self._all_finite(loss, [gs[k] for gs in (grads, *grads_pm) for k in rows]):
-            self._set(params, mus)
-            if self.model is not None:
-                replay.rewind(rng=False)
+            self._abandon(params, mus, replay)
             self._skip(n, loss)
             return loss
         idle = sorted(set(range(len(params))) - set(rows))
