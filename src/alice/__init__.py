@@ -1,7 +1,9 @@
 """Alice: the optimizer of "Curvature in the Looking-Glass" (arXiv 2411.16914) for PyTorch."""
 
+from .evaluation import ClosureError
 from .functional import alice_
-from .optimizer import PRESETS, Alice, ClosureError
+from .optimizer import PRESETS, Alice
+from .state import AliceState
 
-__all__ = ["Alice", "ClosureError", "PRESETS", "alice_", "__version__"]
-__version__ = "0.1.0"
+__all__ = ["Alice", "AliceState", "ClosureError", "PRESETS", "alice_", "__version__"]
+__version__ = "0.2.0"

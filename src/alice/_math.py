@@ -39,11 +39,10 @@ import math
 
 import torch
 
+from ._schedule import effective_beta
+
 GLASS = 3.0 / (4.0 * math.pi)
 """Constant of the glass term in the optimal step: alpha = GLASS * rho / |g|."""
-
-HESS_COMPS = ("zero", "abs", "rms")
-LIMIT_METHODS = ("fixed", "sgdm", "adam")
 
 
 def average(avg, x, beta):
@@ -119,3 +118,75 @@ def signed_step(G, V, H, R, *, eps, tau1, tau2, hess_comp, grad_glass, limit_met
     scale = step_scale(g_abs, V, eps, limit_method)
     step = bound(step, tau1 * scale, tau2 * scale)
     return torch.where(G > 0, -step, step)
+
+
+def evaluation_point(mu, offset, scale, signs):
+    """Where the next gradient is taken: ``nu + scale * z`` with ``nu = mu + offset``
+    (``signs`` is ``z``, or ``None`` for the point ``nu`` itself)."""
+    nu = mu + offset
+    return nu if signs is None else nu + scale * signs
+
+
+def recentre(mu, held):
+    """The float32 centre of half-precision parameters after an edit: ``mu`` where the
+    parameter still holds its rounding, else the parameter's new value."""
+    return torch.where(held == mu.to(held.dtype), mu, held.to(mu.dtype))
+
+
+def samples_finite(g0, gp, gm, *, sigma, w2, hess_comp):
+    """Whether every sample the step would average is finite (a 0-d bool tensor).
+
+    Covers non-finite gradients and finite ones whose square or curvature sample
+    overflows (a float32 gradient of 1e30): the spec skips such steps. Given finite
+    samples, the averages and the move stay finite.
+    """
+    g0 = g0.to(_state_dtype(g0))
+    ok = torch.isfinite(g0 * g0).all()
+    if gp is not None:
+        gp, gm = gp.to(g0.dtype), gm.to(g0.dtype)
+        ok = ok & torch.isfinite(hessian_sample(gp, gm, sigma, w2, hess_comp)).all()
+        ok = ok & torch.isfinite(glass_sample(gp, gm, g0, sigma)).all()
+    return ok
+
+
+def _state_dtype(t):
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+
+
+def update_(
+    mu, offset, G, V, H, R, g0, gp, gm, out, *, n, ok, move,
+    sigma, beta1, beta2, beta3, eps, w1, w2, phi, omega, tau1, tau2, hess_comp, grad_glass, limit_method,
+):
+    """One Alice step on elementwise operands, written in place and only where ``ok``.
+
+    ``mu`` is the centre and ``offset = nu - mu`` (state dtype); ``G, V, H, R`` the
+    averages; ``g0`` the gradient at ``nu`` and ``gp, gm`` those at ``nu +- sigma z``
+    (``None`` on a quick step), in any floating dtype. ``n`` is the number of
+    steps these elements took part in before this one and ``ok`` whether the step
+    is taken (both 0-d tensors, so the decision never leaves the device). With
+    ``move`` the centre and the look-ahead move by the bounded step, else (warm-up)
+    they stay. ``out`` (or ``None``) receives the new centre in the parameters'
+    dtype.
+    """
+    n = n + 1
+    keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
+    dtype = G.dtype
+    g0 = g0.to(dtype)
+    if gp is not None:
+        gp, gm = gp.to(dtype), gm.to(dtype)
+        b3 = effective_beta(beta3, n)
+        H.copy_(keep(average(H, hessian_sample(gp, gm, sigma, w2, hess_comp), b3), H))
+        R.copy_(keep(average(R, glass_sample(gp, gm, g0, sigma), b3), R))
+    nu = mu + offset
+    V.copy_(keep(average(V, g0 * g0, effective_beta(beta2, n)), V))
+    G.copy_(keep(average(G, regularized_grad(g0, nu, w1, w2), effective_beta(beta1, n)), G))
+    if move:
+        step = signed_step(
+            G, V, H, R, eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
+            grad_glass=grad_glass, limit_method=limit_method,
+        )
+        new_mu = mu + phi * step
+        offset.copy_(keep((mu + omega * step) - new_mu, offset))
+        mu.copy_(keep(new_mu, mu))
+    if out is not None:
+        out.copy_(mu)

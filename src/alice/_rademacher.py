@@ -1,12 +1,16 @@
 """Counter-based Rademacher signs.
 
-The sign of element ``i`` of parameter ``k`` at step ``n`` is a fixed function
-of ``(seed, n, k, i)``: no generator state is kept or advanced, the user's RNG
-streams are untouched, a shard of a parameter computes exactly the signs of
-its slice of the whole, and a GPU kernel can compute them in registers.
+The sign of the element with global index ``i`` at step ``n`` is a fixed
+function of ``(seed, n, i)``: no generator state is kept or advanced, the
+user's RNG streams are untouched, a shard computes exactly the signs of its
+slice of the whole, and a GPU kernel can compute them in registers. The
+global index of an element is its position in the optimizer's flat layout
+(``alice.state``: the parameters of each flat buffer one after the other,
+buffers in order).
 
-Construction: ``key = mix(mix(mix(seed_lo) ^ seed_hi ^ n) ^ k)`` per tensor
-(host integers), then one 32-bit word ``mix(mix(j) ^ key)`` per 32 elements
+Construction: ``key = mix(mix(mix(seed_lo) ^ seed_hi ^ n) ^ k)`` (host
+integers; ``k = 0`` for the flat layout), then one 32-bit word
+``mix(mix(j) ^ key)`` per 32 elements
 (``j = i // 32``); bit ``i % 32`` set means ``z_i = -1``. ``mix`` is the
 ``lowbias32`` integer hash (C. Wellons, "Prospecting for hash functions",
 2018), a bijection of 32-bit integers with strong avalanche. The same code
@@ -48,8 +52,8 @@ def mix32(x):
     return x ^ _shr32(x, 16)
 
 
-def tensor_key(seed: int, step: int, index: int) -> int:
-    """The 32-bit key of parameter ``index`` at step ``step`` (all host ints)."""
+def tensor_key(seed: int, step: int, index: int = 0) -> int:
+    """The 32-bit key of stream ``index`` at step ``step`` (all host ints)."""
     seed_mix = mix32(seed & _MASK) ^ ((seed >> 32) & _MASK)
     return mix32(mix32(seed_mix ^ (step & _MASK)) ^ (index & _MASK))
 

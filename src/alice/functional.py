@@ -1,187 +1,125 @@
-"""Functional Alice update: state tensors in, state tensors updated in place.
+"""Functional Alice: the phases of a step on flat state tensors, updated in place.
 
-``alice_`` applies the averages and the move of one step (``alice._math``)
-to lists of tensors. It never sees an optimizer, a param group or a closure,
-so kernels, distributed wrappers and tests can call it directly.
+Each function applies one formula of ``alice._math`` to 1-D operands (a run of
+consecutive parameters in a flat buffer of ``alice.state``) and never sees an
+optimizer, a param group or a closure, so kernels, wrappers and tests can call
+them directly:
 
-Three paths share the signature and the formulas:
+* :func:`point_` writes the point where the next gradient is taken;
+* :func:`samples_ok` decides, on the device, whether the step can be taken;
+* :func:`alice_` averages the gradients and moves.
 
-* ``_single_tensor_alice_``: a Python loop over tensors; the readable ground truth.
-* ``_multi_tensor_alice_``: the same formulas on :class:`~alice._foreach.TensorList`
-  operands, i.e. ``torch._foreach_*`` kernels over all tensors of one device and dtype.
-* ``_fused_alice_``: the same formulas compiled by ``torch.compile`` into one
-  fused elementwise kernel per tensor (a single pass over memory).
+Three paths share each signature and formula:
 
-With neither flag given, the fused path runs for steps over at least
-``FUSED_MIN_NUMEL`` elements (where a one-time compile of a few seconds pays
-for itself) when ``torch.compile`` works on the device, and the multi-tensor
-path otherwise. ``fused=True`` always compiles (falling back to foreach, with a
-warning, where no compiler is available); ``fused=False`` or ``foreach`` set
-never compiles.
+* single-tensor (``foreach=False``): a loop over the parameters' segments; the
+  readable ground truth;
+* flat (the default without a compiler): each formula once over the whole
+  run, a few launches per phase whatever the number of tensors (on CPU in
+  cache-sized slices);
+* fused (``fused=True``, or chosen): the same formulas compiled by
+  ``torch.compile`` into one kernel per phase, signs hashed in registers.
+
+With neither flag set, the fused path runs for runs of at least
+``FUSED_MIN_NUMEL`` elements where compiling works (the one-time compile of a
+few seconds then pays for itself); a flag set by the user always wins.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import Tensor
 
-from ._foreach import TensorList
-from .kernels import compiled
+from . import _math
 from ._rademacher import rademacher
-from ._math import average, glass_sample, hessian_sample, regularized_grad, signed_step
+from ._schedule import StepScalars
+from . import kernels
 
-__all__ = ["AliceHyper", "alice_", "perturb_", "use_fused"]
-
-
-@dataclass(frozen=True)
-class AliceHyper:
-    """The scalars of one step for one param group.
-
-    ``b1, b2, b3`` are the effective betas of this step (``min(beta, (n-1)/n)``),
-    ``sigma`` the perturbation length (the lr), ``tau1, tau2`` the step bounds
-    in units of the limit method's scale.
-    """
-
-    sigma: float
-    b1: float
-    b2: float
-    b3: float
-    eps: float
-    w1: float
-    w2: float
-    phi: float
-    omega: float
-    tau1: float
-    tau2: float
-    hess_comp: str
-    grad_glass: bool
-    limit_method: str
-    move: bool
-
-
-def _update_(
-    param, mu, g0, nu, G, V, H, R, gp, gm, *,
-    sigma, b1, b2, b3, eps, w1, w2, phi, omega, tau1, tau2, hess_comp, grad_glass, limit_method, move,
-):
-    """One element-wise Alice step on tensors or TensorLists, in place.
-
-    On entry ``param`` holds ``nu`` (the last evaluation point) and ``mu`` the
-    centre; ``gp``/``gm`` are the gradients at ``nu +- sigma z`` on a sampling
-    step and ``None`` on a quick step. On exit ``param`` holds the new centre.
-    """
-    if gp is not None:
-        H.copy_(average(H, hessian_sample(gp, gm, sigma, w2, hess_comp), b3))
-        R.copy_(average(R, glass_sample(gp, gm, g0, sigma), b3))
-    V.copy_(average(V, g0 * g0, b2))
-    G.copy_(average(G, regularized_grad(g0, nu, w1, w2), b1))
-    if move:
-        step = signed_step(
-            G, V, H, R, eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
-            grad_glass=grad_glass, limit_method=limit_method,
-        )
-        nu.copy_(mu + omega * step)
-        param.copy_(mu + phi * step)
-    else:  # warm-up: no move, the parameter goes back to the centre
-        param.copy_(mu)
-
-
-def _single_tensor_alice_(tensors, hp):
-    kwargs = asdict(hp)
-    for args in zip(*tensors):
-        _update_(*args, **kwargs)
-
-
-def _multi_tensor_alice_(tensors, hp):
-    kwargs, by_device_dtype = asdict(hp), defaultdict(list)
-    for args in zip(*tensors):
-        by_device_dtype[args[3].device, args[3].dtype].append(args)  # keyed by nu
-    for (device, _), rows in by_device_dtype.items():
-        for chunk in _chunks(rows) if device.type == "cpu" else [rows]:  # GPUs: one launch per op
-            columns = [None if col[0] is None else TensorList(col) for col in zip(*chunk)]
-            _update_(*columns, **kwargs)
-
-
-def _chunks(rows, budget=1 << 18):
-    """Consecutive runs of rows holding about ``budget`` elements. On CPU the ~40
-    temporaries of one run then stay in cache and are freed before the next run
-    (all at once they spill to memory and are page-faulted anew): 1.2-1.8x faster
-    than one run per device and dtype (benchmarks/RESULTS.md)."""
-    chunk, size = [], 0
-    for row in rows:
-        if chunk and size + row[0].numel() > budget:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(row)
-        size += row[0].numel()
-    if chunk:
-        yield chunk
-
-
-def _fused_alice_(tensors, hp):
-    compiled.update_(tensors, asdict(hp), _update_)
-
+__all__ = ["FUSED_MIN_NUMEL", "alice_", "point_", "samples_ok", "use_fused"]
 
 FUSED_MIN_NUMEL = 1 << 20
+_CPU_SLICE = 1 << 18
+"""On CPU the flat path runs in slices of this many elements: the formulas'
+temporaries then stay in cache (1.2-1.8x faster than whole buffers)."""
 
 
-def use_fused(fused: bool | None, params: list[Tensor], foreach: bool | None = None) -> bool:
-    """The path chooser: whether the fused (compiled) path runs for ``params``."""
+def use_fused(fused: bool | None, numel: int, device: torch.device, foreach: bool | None = None) -> bool:
+    """The path chooser: whether the compiled path runs for ``numel`` elements on ``device``."""
     if fused is None:
-        if foreach is not None or sum(p.numel() for p in params) < FUSED_MIN_NUMEL:
+        if foreach is not None or numel < FUSED_MIN_NUMEL:
             return False
     elif not fused:
         return False
-    return compiled.available(params[0].device.type, warn=bool(fused))
+    return kernels.available(device.type, warn=bool(fused))
+
+
+def _slices(numel: int, device: torch.device, segments, foreach: bool | None):
+    """``(start, stop)`` pieces a non-fused path processes one at a time."""
+    if foreach is False and segments is not None:
+        return segments
+    if device.type == "cpu":
+        return [(a, min(a + _CPU_SLICE, numel)) for a in range(0, max(numel, 1), _CPU_SLICE)]
+    return [(0, numel)]
+
+
+def _cut(t, a, b):
+    return None if t is None else t[a:b]
 
 
 def alice_(
-    params: list[Tensor],
-    mus: list[Tensor],
-    grads: list[Tensor],
-    nus: list[Tensor],
-    Gs: list[Tensor],
-    Vs: list[Tensor],
-    Hs: list[Tensor],
-    Rs: list[Tensor],
-    grads_plus: list[Tensor] | None,
-    grads_minus: list[Tensor] | None,
-    hp: AliceHyper,
-    *,
-    foreach: bool | None = None,
-    fused: bool | None = None,
+    mu: Tensor, offset: Tensor, G: Tensor, V: Tensor, H: Tensor, R: Tensor,
+    grad: Tensor, grad_plus: Tensor | None, grad_minus: Tensor | None, *,
+    n: Tensor, ok: Tensor, move: bool, scalars: StepScalars, out: Tensor | None = None,
+    segments: list[tuple[int, int]] | None = None, foreach: bool | None = None, fused: bool | None = None,
 ) -> None:
-    """Apply one Alice step to lists of tensors, in place.
+    """Average the gradients into ``G, V`` (and ``H, R`` on a sampling step) and move.
 
-    ``params`` hold the look-ahead ``nu`` on entry (where ``grads`` were taken)
-    and the new centre ``mu`` on exit; ``mus`` hold the centre before the step.
-    ``nus, Gs, Vs, Hs, Rs`` are the state (the spec's ``nu, G, V, H, R``),
-    in the state dtype; gradients in another dtype (bfloat16 parameters) are
-    cast to it. ``grads_plus``/``grads_minus`` are the gradients at
-    ``nu +- sigma z`` on a sampling step, ``None`` on a quick step.
+    All tensors are 1-D and of one length: ``mu`` the centre and ``offset`` the
+    look-ahead's offset ``nu - mu`` (state dtype), the averages, the gradient at
+    ``nu`` and, on a sampling step, those at ``nu +- sigma z`` (else ``None``).
+    ``n`` (0-d) counts the steps these elements took part in, ``ok`` (0-d bool)
+    says whether this one is taken: every write is predicated on it, so a skip
+    needs no host sync. ``out`` (optional) receives the new centre in the
+    parameters' dtype. ``segments`` are the parameters' ``(start, stop)`` within
+    the run, for the single-tensor path.
     """
-    if not params:
+    kwargs = dict(n=n, ok=ok, move=move, **asdict(scalars))
+    tensors = (mu, offset, G, V, H, R, grad, grad_plus, grad_minus, out)
+    if use_fused(fused, mu.numel(), mu.device, foreach):
+        kernels.update_(tensors, kwargs)
         return
-    grads, grads_plus, grads_minus = (
-        [None] * len(params) if gs is None else [g.to(nu.dtype) for g, nu in zip(gs, nus)]
-        for gs in (grads, grads_plus, grads_minus)
-    )
-    tensors = (params, mus, grads, nus, Gs, Vs, Hs, Rs, grads_plus, grads_minus)
-    if use_fused(fused, params, foreach):
-        _fused_alice_(tensors, hp)
-    elif foreach is False:
-        _single_tensor_alice_(tensors, hp)
-    else:
-        _multi_tensor_alice_(tensors, hp)
+    for a, b in _slices(mu.numel(), mu.device, segments, foreach):
+        _math.update_(*(_cut(t, a, b) for t in tensors), **kwargs)
 
 
-def perturb_(params: list[Tensor], nus: list[Tensor], keys: list[int], scales: list[float], *, fused: bool) -> None:
-    """Set each parameter to ``nu + scale * z``, ``z`` the Rademacher signs of its ``key``
-    (``alice._rademacher``); the fused path hashes the signs inside its kernel."""
-    if fused:
-        compiled.perturb_(params, nus, keys, scales)
+def point_(
+    out: Tensor, mu: Tensor, offset: Tensor, *, scale: float, key: int, base: int,
+    foreach: bool | None = None, fused: bool | None = None,
+) -> None:
+    """``out = mu + offset + scale * z``: the look-ahead ``nu`` shifted by ``scale``
+    times the Rademacher signs ``z`` of step key ``key`` at global indices
+    ``base, base + 1, ...`` (``scale = 0``: ``nu`` itself, no signs hashed).
+    ``out`` may have a narrower dtype (the parameters'): the point is rounded."""
+    if use_fused(fused, mu.numel(), mu.device, foreach):
+        kernels.point_(out, mu, offset, scale, key, base)
         return
-    signs = [rademacher(k, nu.numel(), dtype=nu.dtype, device=nu.device).view(nu.shape) for k, nu in zip(keys, nus)]
-    torch._foreach_copy_(params, torch._foreach_add(nus, torch._foreach_mul(signs, scales)))
+    for a, b in _slices(mu.numel(), mu.device, None, foreach):
+        signs = None if scale == 0 else rademacher(key, b - a, offset=base + a, dtype=mu.dtype, device=mu.device)
+        out[a:b].copy_(_math.evaluation_point(mu[a:b], offset[a:b], scale, signs))
+
+
+def samples_ok(
+    grad: Tensor, grad_plus: Tensor | None, grad_minus: Tensor | None, *, scalars: StepScalars,
+    foreach: bool | None = None, fused: bool | None = None,
+) -> Tensor:
+    """A 0-d bool tensor on the gradients' device: whether every sample of the step
+    is finite (``alice._math.samples_finite``). Nothing is read back to the host."""
+    kwargs = dict(sigma=scalars.sigma, w2=scalars.w2, hess_comp=scalars.hess_comp)
+    if use_fused(fused, grad.numel(), grad.device, foreach):
+        return kernels.samples_finite(grad, grad_plus, grad_minus, kwargs)
+    oks = [
+        _math.samples_finite(grad[a:b], _cut(grad_plus, a, b), _cut(grad_minus, a, b), **kwargs)
+        for a, b in _slices(grad.numel(), grad.device, None, foreach)
+    ]
+    return oks[0] if len(oks) == 1 else torch.stack(oks).all()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -12,10 +10,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._math import HESS_COMPS, LIMIT_METHODS
+from . import _schedule
 from ._rademacher import tensor_key
-from ._replay import Replay
-from .functional import AliceHyper, alice_, perturb_, use_fused
+from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, loss_finite
+from .functional import alice_, samples_ok
+from ._checkpoint import parse_state_dict
+from .state import STATE_KEYS, AliceState
 
 __all__ = ["Alice", "ClosureError", "PRESETS"]
 
@@ -27,88 +27,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """The paper's ablation: which curvature terms enter the step."""
 
-_STATE_KEYS = ("nu", "G", "V", "H", "R")
-_GLOBALS = ("steps", "seed", "skipped_steps", "quick_steps", "warmup_steps")
-"""Optimizer-wide state, saved under ``state_dict()["alice"]``."""
+_FORMAT = 2
+"""Version of the state dict layout (1: ``nu`` per parameter and counters under ``"alice"``)."""
 
 
-class ClosureError(RuntimeError, TypeError, ValueError):
-    """A missing closure, or one that does not return a loss or compute gradients."""
-
-
-_CLOSURE_HELP = (
-    "Alice.step() needs a closure that re-evaluates the model on the current batch, "
-    "calls loss.backward() and returns the loss, e.g.\n"
-    "    def closure():\n"
-    "        optimizer.zero_grad()\n"
-    "        loss = loss_fn(model(x), y)\n"
-    "        loss.backward()\n"
-    "        return loss\n"
-    "    optimizer.step(closure)\n"
-    "Alice evaluates it at perturbed parameters (three times on a sampling step)."
-)
-
-
-def _check_group(group: dict, quick_steps: int, where: str = "") -> None:
-    """Raise ValueError naming the first invalid hyperparameter of ``group``
-    (``where`` prefixes the message, e.g. with the group's index)."""
-
-    def fail(name, value, rule):
-        raise ValueError(f"{where}Invalid {name}: {value!r} (must be {rule})")
-
-    def real(name, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            fail(name, value, "a finite real number")
-        return value
-
-    if "quick_steps" in group:
-        raise ValueError(
-            f"Invalid quick_steps in a param group: {group['quick_steps']!r} (quick_steps sets the "
-            "global sampling schedule; pass it to the Alice constructor only)"
-        )
-    if real("lr", group["lr"]) <= 0:
-        fail("lr", group["lr"], "> 0")
-    betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        fail("betas", betas, "a pair (beta1, beta2)")
-    for i, beta in enumerate(betas):
-        if not 0 < real(f"betas[{i}]", beta) < 1:
-            fail(f"betas[{i}]", beta, "in (0, 1)")
-    if (quick_steps + 1) * (1 - betas[1]) >= 1:
-        fail(
-            "betas[1]", betas[1],
-            f"such that (quick_steps + 1) * (1 - beta2) < 1 with quick_steps={quick_steps}, so beta3 > 0",
-        )
-    if real("eps", group["eps"]) <= 0:
-        fail("eps", group["eps"], "> 0")
-    for name in ("w1", "w2", "lr_min"):
-        if real(name, group[name]) < 0:
-            fail(name, group[name], ">= 0")
-    if group["phi"] is not None and not 0 < real("phi", group["phi"]) < 2:
-        fail("phi", group["phi"], "in (0, 2) or None")
-    if real("omega", group["omega"]) <= 0:
-        fail("omega", group["omega"], "> 0")
-    lr_max = 2 * group["lr"] if group["lr_max"] is None else real("lr_max", group["lr_max"])
-    if lr_max < group["lr_min"]:
-        fail("lr_max", group["lr_max"], f">= lr_min={group['lr_min']!r} (None means 2 * lr = {lr_max!r})")
-    if group["limit_method"] not in LIMIT_METHODS:
-        fail("limit_method", group["limit_method"], f"one of {LIMIT_METHODS}")
-    if group["hess_comp"] not in HESS_COMPS:
-        fail("hess_comp", group["hess_comp"], f"one of {HESS_COMPS}")
-    for name in ("scale_bounds_with_lr", "grad_glass"):
-        if not isinstance(group[name], bool):
-            fail(name, group[name], "a bool")
-    if not group["grad_glass"] and group["hess_comp"] == "zero":
-        fail("grad_glass", False, 'True when hess_comp="zero" (the step would have no curvature at all)')
-
-
-def _take(items: list, rows: list[int]) -> list:
-    return [items[k] for k in rows]
-
-
-def _state_dtype(p: Tensor) -> torch.dtype:
-    """Optimizer state is kept in float32 for half-precision parameters."""
-    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+def _runs(active: list[bool], history: list[int]) -> list[tuple[int, int]]:
+    """Maximal ``[first, last)`` runs of consecutive active parameters of one class
+    (equal classes have equal counts, so one kernel call serves the run)."""
+    runs, k = [], 0
+    while k < len(active):
+        if not active[k]:
+            k += 1
+            continue
+        first = k
+        while k < len(active) and active[k] and history[k] == history[first]:
+            k += 1
+        runs.append((first, k))
+    return runs
 
 
 class Alice(Optimizer):
@@ -151,7 +86,9 @@ class Alice(Optimizer):
     Args:
         params: parameters or param groups. Every hyperparameter below except
             ``quick_steps`` (and ``seed``, ``model``) may be set per group.
-        lr: perturbation length :math:`\sigma` and the unit of the step bounds (default 1e-3).
+        lr: perturbation length :math:`\sigma` and the unit of the step bounds (default
+            1e-3). May be 0 (a scheduler's warm-up): such a step evaluates once at
+            :math:`\nu` and changes nothing for the group.
         betas: :math:`(\beta_1, \beta_2)` for the averages of the gradient and of its
             square (default (0.9, 0.999)). The constructor's :math:`\beta_1` also sets
             the warm-up: the first ``floor(1/(1 - beta1))`` steps sample and do not move.
@@ -161,7 +98,7 @@ class Alice(Optimizer):
         omega: fraction of the step taken by the look-ahead :math:`\nu` (default 1).
         limit_method: ``"fixed"``, ``"sgdm"`` or ``"adam"`` (default): the unit of the bounds.
         lr_min, lr_max: lower and upper step bounds in that unit (defaults 0 and
-            ``2 * lr`` of the group).
+            twice the group's initial lr).
         scale_bounds_with_lr: bounds follow later changes of the group's lr (schedulers)
             by the same factor (default True).
         hess_comp: Hessian term ``"zero"``, ``"abs"`` (default) or ``"rms"``.
@@ -173,17 +110,19 @@ class Alice(Optimizer):
             as in one ordinary training step, from the evaluation at :math:`\nu`. Without
             it, a sampling step's three forward passes each update them (as in the
             authors' code). With it, a skipped (non-finite) step also leaves them untouched.
-        foreach: use the multi-tensor path (default when ``fused`` is not set).
-        fused: compile the update into one fused kernel per tensor with
-            ``torch.compile`` (fastest; compiles on first use, falls back to foreach
-            with a warning where no compiler is available).
+        foreach: ``False`` runs the per-parameter loop (the readable ground truth);
+            otherwise each phase runs over whole flat buffers.
+        fused: compile each phase into one kernel with ``torch.compile`` (default: for
+            buffers of at least 2**20 elements where compiling works; see
+            ``alice.kernels.set_compile_enabled`` to turn compiling off everywhere).
 
     ``step(closure)`` needs a closure that re-evaluates the model, calls ``backward()``
     and returns the loss; it is called three times on a sampling step and once on a
     quick step, with the parameters at the evaluation point, and ``step`` returns the
     loss at :math:`\nu`. The global RNG streams are rewound between the three calls
-    so that dropout masks agree. Steps whose loss or gradients are not finite change
-    nothing but :attr:`skipped_steps`.
+    so that dropout masks agree. A step whose loss or gradients are not finite (or
+    whose averages would overflow) changes nothing; the decision is taken on the
+    device, without a host sync, and counted in :attr:`skipped_steps`.
 
     Example:
         >>> opt = Alice(model.parameters(), lr=1e-3)
@@ -203,7 +142,7 @@ class Alice(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         w1: float = 0.0,
@@ -223,29 +162,32 @@ class Alice(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ):
-        if isinstance(quick_steps, bool) or not isinstance(quick_steps, int) or quick_steps < 0:
-            raise ValueError(f"Invalid quick_steps: {quick_steps!r} (must be an integer >= 0)")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"Invalid seed: {seed!r} (must be an integer >= 0 or None)")
+        quick_steps = _schedule.check_quick_steps(quick_steps)
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if seed is None else _schedule.check_seed(seed)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module or None)")
-        self.quick_steps = quick_steps
         defaults = dict(
             lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps, w1=w1, w2=w2,
             phi=phi, omega=omega, limit_method=limit_method, lr_min=lr_min, lr_max=lr_max,
             scale_bounds_with_lr=scale_bounds_with_lr, hess_comp=hess_comp, grad_glass=grad_glass,
             foreach=foreach, fused=fused,
         )
-        _check_group(defaults, quick_steps)
-        self.warmup_steps = math.floor(1 / (1 - defaults["betas"][0]) + 1e-9)
+        _schedule.check_group(defaults, quick_steps)
+        self.quick_steps = quick_steps
+        self.warmup_steps = _schedule.warmup_steps(defaults["betas"][0])
         self.seed = seed
         self.model = model
-        self.steps = 0  # the spec's n: steps taken (skipped steps excluded)
-        self.skipped_steps = 0
-        self._warned_nonfinite = False
+        self._init_counters()
         super().__init__(params, defaults)
+        self._sync_state()
+
+    def _init_counters(self) -> None:
+        self._calls = 0  # calls of step() that advanced the schedule
+        self._state = AliceState()
+        self._skipped: Tensor | None = None  # on the first bucket's device
+        self._skipped_seen: Tensor | None = None  # a host copy, refreshed without waiting
+        self._warned = 0
+        self._in_step = False
 
     @classmethod
     def preset(cls, name: str, params, **kwargs) -> Alice:
@@ -260,7 +202,12 @@ class Alice(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            _check_group(group, self.quick_steps)
+            _schedule.check_group(group, self.quick_steps)
+            seen = set()
+            for p in (q for g in self.param_groups for q in g["params"]):
+                if id(p) in seen:
+                    raise ValueError(f"Invalid params: a parameter of shape {tuple(p.shape)} is listed twice")
+                seen.add(id(p))
             for p in group["params"]:
                 if not p.is_floating_point():
                     raise ValueError(
@@ -270,251 +217,289 @@ class Alice(Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
-        group.setdefault("lr0", group["lr"])  # the lr the bounds are relative to
+        group.setdefault("lr0", _schedule.as_float(group["lr"]))  # the lr the bounds are relative to
+        if "_state" in self.__dict__ and self.__dict__.get("state") is not None:
+            self._sync_state()
 
     def __getstate__(self) -> dict[str, Any]:  # pickle, deepcopy
-        return {**super().__getstate__(), "alice": self._globals(), "model": self.model}
+        return {"defaults": self.defaults, "model": self.model, "quick_steps": self.quick_steps,
+                "seed": self.seed, "param_groups": self.param_groups, "state_dict": self.state_dict()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        glob, self.model = state.pop("alice", {}), state.pop("model", None)
-        self.__dict__.update(glob)
-        self._warned_nonfinite = False
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("lr0", group["lr"])
+        self.__dict__.update(defaults=state["defaults"], model=state["model"], quick_steps=state["quick_steps"],
+                             seed=state["seed"], param_groups=state["param_groups"])
+        self.warmup_steps = _schedule.warmup_steps(self.defaults["betas"][0])
+        self._init_counters()
+        super().__setstate__({"state": {}, "param_groups": self.param_groups})
+        self._sync_state()
+        self.load_state_dict(state["state_dict"])
 
-    def _globals(self) -> dict[str, int]:
-        return {key: getattr(self, key) for key in _GLOBALS}
+    # -- state ------------------------------------------------------------------
 
-    # -- schedule ---------------------------------------------------------------
+    def _sync_state(self) -> None:
+        """Rebuild the flat buffers if the trainable parameters changed, and point
+        ``self.state`` at their per-parameter views."""
+        if not self._state.sync(self.param_groups) and self.state:
+            return
+        self._publish_state()
+        if self._state.buckets and self._skipped is None:
+            self._skipped = torch.zeros((), dtype=torch.int64, device=self._state.buckets[0].device)
+            if self._skipped.device.type == "cuda":
+                self._skipped_seen = torch.zeros((), dtype=torch.int64, pin_memory=True)
+
+    @property
+    def calls(self) -> int:
+        """Calls of ``step()`` so far that advanced the sampling schedule."""
+        return self._calls
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite loss or gradient, or an overflow (reads the
+        device: call it outside the training loop's hot path)."""
+        skipped = 0 if self._skipped is None else int(self._skipped)
+        self._warn_skips(skipped)
+        return skipped
+
+    @property
+    def steps(self) -> int:
+        """Steps taken (the spec's ``n`` for parameters present from the first step)."""
+        return self._calls - self.skipped_steps
 
     def is_sampling_step(self, n: int) -> bool:
-        """Whether step ``n`` (1-based) evaluates three gradients (``True``) or one."""
-        return n <= self.warmup_steps or n % (self.quick_steps + 1) == 0
+        """Whether step ``n`` (1-based, counted in calls) evaluates three gradients."""
+        return _schedule.is_sampling_step(n, self.warmup_steps, self.quick_steps)
 
-    def _hyper(self, group: dict, n: int, move: bool) -> AliceHyper:
-        beta1, beta2 = group["betas"]
-        beta3 = 1 - (self.quick_steps + 1) * (1 - beta2)
-        ramp = (n - 1) / n
-        lr, lr0 = group["lr"], group["lr0"]
-        lr_max = 2 * lr0 if group["lr_max"] is None else group["lr_max"]
-        if group["scale_bounds_with_lr"]:
-            tau1, tau2 = lr * group["lr_min"] / lr0, lr * lr_max / lr0
-        else:
-            tau1, tau2 = group["lr_min"], lr_max
-        return AliceHyper(
-            sigma=lr, b1=min(beta1, ramp), b2=min(beta2, ramp), b3=min(beta3, ramp),
-            eps=group["eps"], w1=group["w1"], w2=group["w2"],
-            phi=1 - beta1 if group["phi"] is None else group["phi"], omega=group["omega"],
-            tau1=tau1, tau2=tau2, hess_comp=group["hess_comp"], grad_glass=group["grad_glass"],
-            limit_method=group["limit_method"], move=move,
-        )
+    def _warn_skips(self, skipped: int | None = None) -> None:
+        """Warn once skipped steps are known on the host (read lazily: never waits)."""
+        if skipped is None:
+            if self._skipped is None:
+                return
+            seen = self._skipped_seen if self._skipped_seen is not None else self._skipped
+            skipped = int(seen)
+        if skipped > self._warned:
+            if self._warned == 0:
+                warnings.warn(
+                    f"Alice skipped {skipped} step(s): a loss or gradient was not finite, or the "
+                    "averages would overflow. Parameters and optimizer state were left unchanged; "
+                    "skipped steps are counted in optimizer.skipped_steps. This warning is shown once.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self._warned = skipped
 
-    # -- the step ---------------------------------------------------------------
+    # -- gradients ----------------------------------------------------------------
 
-    def _trainable(self) -> list[tuple[int, dict, Tensor]]:
-        """(global index, group, param) of every parameter that requires grad."""
-        found, index = [], 0
+    @torch.no_grad()
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients. Gradients of trainable parameters live in Alice's flat
+        buffers and are zeroed there in place (``p.grad`` stays a tensor over the
+        buffer, so backward keeps writing straight into it); others as torch does."""
+        self._sync_state()
+        owned = set()
+        for b in self._state.buckets:
+            b.grads.zero_()
+            for p, g in zip(b.params, b.grad_tensors):
+                owned.add(id(p))
+                if p.grad is not None and p.grad is not g:
+                    p.grad = None
         for group in self.param_groups:
             for p in group["params"]:
-                if p.requires_grad:
-                    found.append((index, group, p))
-                index += 1
-        return found
+                if id(p) not in owned and p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.detach_().requires_grad_(False).zero_()
 
-    def _get_state(self, p: Tensor) -> dict[str, Tensor]:
-        """The state of ``p``, or a fresh one (``nu = mu``, averages zero) that
-        enters ``self.state`` only once a step with it succeeds."""
-        if p in self.state:
-            return self.state[p]
-        dtype = _state_dtype(p)
-        state = {"nu": p.detach().to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)}
-        for key in _STATE_KEYS[1:]:  # G, V, H, R
-            state[key] = torch.zeros(p.shape, dtype=dtype, device=p.device)
-        return state
-
-    def _evaluate(self, closure: Callable, params: list[Tensor]):
-        for p in params:
-            p.grad = None
-        with torch.enable_grad():
-            loss = closure()
-        if loss is None:
-            raise ClosureError("The closure returned None; it must return the loss.\n" + _CLOSURE_HELP)
-        for p in params:
-            if p.grad is not None and p.grad.is_sparse:
-                raise ValueError(
-                    f"Alice does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
-                    "use dense embeddings (sparse=False)"
+    def _refuse_outside_gradients(self) -> None:
+        for b in self._state.buckets:
+            if b.foreign_gradients():
+                raise ClosureError(
+                    "Gradients were computed before Alice.step(closure) (backward ran outside the "
+                    "closure, e.g. to accumulate micro-batches); Alice would discard them, since it "
+                    "evaluates the closure itself at perturbed points. Accumulate inside the closure "
+                    "(loop over the micro-batches there, calling backward on each), or call "
+                    "optimizer.zero_grad() before step() if those gradients are not needed."
                 )
-        return loss, [p.grad for p in params]
 
-    @staticmethod
-    def _set(params: list[Tensor], values: list[Tensor]) -> None:
-        if params:
-            torch._foreach_copy_(params, values)
-
-    def _abandon(self, params: list[Tensor], mus: list[Tensor], replay: Replay | None) -> None:
-        """Undo a step that will not be taken: parameters back to ``mu``, and the
-        model's buffers (with ``model=``) back to where the step found them."""
-        self._set(params, mus)
-        if replay is not None:
-            replay.rewind(rng=False)
-
-    def _batches(self, entries, params) -> list[tuple[dict, list[int], bool]]:
-        """(group, rows of ``entries``, fused?) for every group with trainable parameters."""
-        batches = []
-        for group in self.param_groups:
-            rows = [k for k, entry in enumerate(entries) if entry[1] is group]
-            if rows:
-                batches.append((group, rows, use_fused(group["fused"], _take(params, rows), group["foreach"])))
-        return batches
-
-    def _evaluations(self, closure, n, entries, params, nus, batches, replay):
-        """Run the closure at ``nu + sigma z`` and ``nu - sigma z`` (sampling steps) and
-        at ``nu``; returns the loss at ``nu``, its gradients, and the perturbed ones."""
-        grads_pm = []
-        if self.is_sampling_step(n):
-            for direction in (1.0, -1.0):
-                for group, rows, fused in batches:
-                    perturb_(
-                        _take(params, rows), _take(nus, rows),
-                        [tensor_key(self.seed, n, entries[k][0]) for k in rows],
-                        [direction * group["lr"]] * len(rows), fused=fused,
-                    )
-                grads_pm.append(self._evaluate(closure, params)[1])
-                replay.rewind()  # the same dropout masks, the same buffers, next time
-        self._set(params, nus)
-        loss, grads = self._evaluate(closure, params)
-        return loss, grads, grads_pm
+    # -- the step -------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Take one Alice step; ``closure`` re-evaluates the model and returns the loss."""
+        if self._in_step:
+            raise ClosureError("Alice.step() was called from inside its own closure; the closure "
+                               "must only evaluate the model and call backward().")
         if closure is None or not callable(closure):
-            raise ClosureError(f"Alice.step() got closure={closure!r}.\n" + _CLOSURE_HELP)
-        entries = self._trainable()
-        if not entries:
+            raise ClosureError(f"Alice.step() got closure={closure!r}.\n" + CLOSURE_HELP)
+        for i, group in enumerate(self.param_groups):  # schedulers and users may have changed them
+            _schedule.check_group(group, self.quick_steps, where=f"param group {i}: ")
+        self._sync_state()
+        self._warn_skips()
+        self._refuse_outside_gradients()
+        self._in_step = True
+        try:
+            return self._step(closure)
+        finally:
+            self._in_step = False
+
+    def _step(self, closure: Callable[[], Any]) -> Any:
+        buckets = self._state.buckets
+        if not buckets:
             with torch.enable_grad():
                 return closure()
-        for i, group in enumerate(self.param_groups):  # schedulers and users may have changed them
-            _check_group(group, self.quick_steps, where=f"param group {i}: ")
-        n = self.steps + 1
-        params = [p for _, _, p in entries]
-        states = [self._get_state(p) for p in params]
-        nus = [s["nu"] for s in states]
-        batches = self._batches(entries, params)
-        mus = [p.detach().clone() for p in params]
-        replay = Replay(self.model) if self.is_sampling_step(n) or self.model is not None else None
+        groups = [self.param_groups[b.group] for b in buckets]
+        lrs = [_schedule.as_float(g["lr"]) for g in groups]
+        for group, lr in zip(groups, lrs):
+            if lr > 0 and group["lr0"] == 0:  # built at lr 0: bounds are relative to the first lr used
+                group["lr0"] = lr
+        advancing = any(lr > 0 for lr in lrs)
+        call = self._calls + advancing
+        sampling = advancing and self.is_sampling_step(call)
+        paths = [dict(foreach=g["foreach"], fused=g["fused"]) for g in groups]
+        ev = Evaluations(self._state, lrs, tensor_key(self.seed, call), paths)
+        ev.gather()
+        replay = Replay(self.model) if sampling or self.model is not None else None
+        losses = []
         try:
-            loss, grads, grads_pm = self._evaluations(closure, n, entries, params, nus, batches, replay)
+            if sampling:
+                for sign in (1.0, -1.0):
+                    ev.move_to(sign)
+                    losses.append(ev.evaluate(closure))
+                    ev.save_gradients(sign)
+                    replay.rewind()  # the same dropout masks, the same buffers, next time
+            ev.move_to(0.0)
+            loss = ev.evaluate(closure)
+            losses.append(loss)
+            active = [[t and lr > 0 for t in touched] for touched, lr in zip(ev.touched, lrs)]
+            if advancing and not any(any(a) for a in active):
+                raise ClosureError(
+                    "No parameter received a gradient: the closure must call loss.backward().\n" + CLOSURE_HELP
+                )
         except BaseException:
-            self._abandon(params, mus, replay)
+            ev.restore()
+            if replay is not None:
+                replay.rewind(rng=False)
             raise
-
-        # A parameter takes part only if every evaluation gave it a gradient.
-        rows = [k for k, g in enumerate(grads) if g is not None and all(gs[k] is not None for gs in grads_pm)]
-        if not rows:
-            self._abandon(params, mus, replay)
-            raise ClosureError("No parameter received a gradient: the closure must call loss.backward().\n" + _CLOSURE_HELP)
-        if not self._all_finite(loss, [gs[k] for gs in (grads, *grads_pm) for k in rows]):
-            self._abandon(params, mus, replay)
-            self._skip(n, loss)
+        ev.release_untouched()
+        if not advancing:  # every lr is 0: one evaluation at nu, nothing changes
+            ev.restore()
+            if replay is not None:
+                replay.rewind(rng=False)
             return loss
-        idle = sorted(set(range(len(params))) - set(rows))
-        self._set(_take(params, idle), _take(mus, idle))
-
-        self.steps = n
-        for k in rows:
-            self.state[params[k]] = states[k]
-        taking_part = set(rows)
-        for group, group_rows, fused in batches:
-            group_rows = [k for k in group_rows if k in taking_part]
-            alice_(
-                _take(params, group_rows), _take(mus, group_rows), _take(grads, group_rows),
-                *(_take([s[key] for s in states], group_rows) for key in _STATE_KEYS),
-                *(_take(gs, group_rows) for gs in grads_pm) if grads_pm else (None, None),
-                self._hyper(group, n, move=n > self.warmup_steps),
-                foreach=group["foreach"], fused=fused,
-            )
+        self._update(ev, groups, active, losses, call, sampling, replay)
         return loss
 
-    @staticmethod
-    def _all_finite(loss: Any, grads: list[Tensor]) -> bool:
-        """Whether the loss and all gradients are finite, with one host sync for the step."""
-        if not isinstance(loss, Tensor):
-            return math.isfinite(float(loss)) and Alice._all_finite(torch.zeros(()), grads)
-        checks = [torch.isfinite(loss.detach()).all()]
-        by_device: dict[torch.device, list[Tensor]] = {}
-        for g in grads:
-            if g.numel():
-                by_device.setdefault(g.device, []).append(g)
-        for gs in by_device.values():  # min and max are finite iff every element is
-            checks.append(torch.stack([torch.stack(torch.aminmax(g)) for g in gs]).isfinite().all())
-        return bool(torch.stack([c.to(checks[0].device) for c in checks]).all())
-
-    def _skip(self, n: int, loss: Any) -> None:
-        self.skipped_steps += 1
-        if not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            warnings.warn(
-                f"Alice skipped step {n}: the loss ({float(loss)!r}) or a gradient is not finite. "
-                "Parameters and optimizer state are unchanged; skipped steps are counted in "
-                "optimizer.skipped_steps. This warning is shown once.",
-                RuntimeWarning,
-                stacklevel=3,
+    def _update(self, ev: Evaluations, groups, active, losses, call: int, sampling: bool, replay) -> None:
+        """Average and move every run of active parameters, predicated on one device flag."""
+        buckets = self._state.buckets
+        device = buckets[0].device
+        plan = []
+        flags = [loss_finite(loss, device) for loss in losses]
+        for b, group, act, path in zip(buckets, groups, active, ev.paths):
+            scalars = _schedule.step_scalars(group, self.quick_steps)
+            for first, last in _runs(act, b.history):
+                a, z = b.starts[first], b.starts[last]
+                grads = [b.grads[a:z], *((b.plus[a:z], b.minus[a:z]) if sampling else (None, None))]
+                flags.append(samples_ok(*grads, scalars=scalars, **path).to(device, non_blocking=True))
+                plan.append((b, first, last, grads, scalars, path))
+        ok = flags[0] if len(flags) == 1 else torch.stack(flags).all()
+        oks = {device: ok}
+        classes: dict[int, int] = {}
+        for b, first, last, grads, scalars, path in plan:
+            a, z = b.starts[first], b.starts[last]
+            ok_here = oks.setdefault(b.device, ok.to(b.device, non_blocking=True))
+            out = b.held[a:z] if b.half else None
+            alice_(
+                b.mu[a:z], *(b.buffers[key][a:z] for key in STATE_KEYS), *grads,
+                n=b.counts[first], ok=ok_here, move=call > self.warmup_steps and (sampling or b.sampled[first]),
+                scalars=scalars, out=out, segments=b.segments(first, last), **path,
             )
+            b.counts[first:last].add_(ok_here)
+            new_class = classes.setdefault(b.history[first], self._state.new_class())
+            for k in range(first, last):
+                b.history[k] = new_class
+                b.sampled[k] = b.sampled[k] or sampling
+        ev.restore()
+        if replay is not None and self.model is not None:
+            replay.keep_if(ok)
+        self._skipped.add_(~ok)
+        if self._skipped_seen is not None:
+            self._skipped_seen.copy_(self._skipped, non_blocking=True)
+        self._calls = call
 
     # -- checkpoints ------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus ``"alice"``: step count, seed, skipped steps and schedule."""
-        state_dict = super().state_dict()
-        state_dict["alice"] = self._globals()
+        """A snapshot of the state, torch-style: ``"state"`` maps each trainable
+        parameter's index to ``step`` (the steps it took part in), ``offset``
+        (``nu - mu``), ``G, V, H, R`` (and ``mu`` for half-precision parameters);
+        every ``"param_groups"`` entry carries the hyperparameters plus ``seed``,
+        ``calls`` (the sampling schedule's count) and ``skipped_steps``, so that
+        tools which keep only these two entries (``torch.distributed.checkpoint``)
+        keep everything. ``"alice"`` repeats the optimizer-wide settings."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        self._sync_state()
+        skipped = self.skipped_steps
+        index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        param_groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed.update(seed=self.seed, calls=self._calls, skipped_steps=skipped)
+            packed["params"] = [index[id(p)] for p in group["params"]]
+            param_groups.append(packed)
+        sampled = {id(p): b.sampled[k] for b in self._state.buckets for k, p in enumerate(b.params)}
+        sampled.update((pid, r["sampled"]) for pid, r in self._state.stash.items())
+        state = {
+            index[id(p)]: {**{k: v.clone() for k, v in entry.items()}, "sampled": sampled[id(p)]}
+            for p, entry in self.state.items()
+        }
+        state_dict = {
+            "state": state,
+            "param_groups": param_groups,
+            "alice": {"format": _FORMAT, "quick_steps": self.quick_steps, "warmup_steps": self.warmup_steps},
+        }
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict saved by :meth:`state_dict`; raises ``ValueError`` and
-        changes nothing when it does not fit this optimizer's parameters."""
-        if not isinstance(state_dict, dict) or "alice" not in state_dict:
-            raise ValueError("Not an Alice state dict: the 'alice' entry (step count, seed, schedule) is missing")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"The state dict has {len(saved_groups)} param groups but this optimizer has {len(self.param_groups)}"
-            )
-        id_to_param = {}
-        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"Param group {g} has {len(saved['params'])} parameters in the state dict "
-                    f"but {len(group['params'])} here"
-                )
-            id_to_param.update(zip(saved["params"], group["params"]))
-        for pid, state in state_dict["state"].items():
-            p = id_to_param.get(pid)
-            if p is None:
-                raise ValueError(f"The state dict has state for parameter id {pid!r}, which no param group lists")
-            missing = [k for k in _STATE_KEYS if k not in state]
-            if missing:
-                raise ValueError(f"State of parameter id {pid!r} lacks {missing}: not an Alice state dict")
-            for key in _STATE_KEYS:
-                if tuple(state[key].shape) != tuple(p.shape):
-                    raise ValueError(
-                        f"State {key!r} of parameter id {pid!r} has shape {tuple(state[key].shape)} "
-                        f"but the parameter has shape {tuple(p.shape)}"
-                    )
-        glob = state_dict["alice"]
-        missing = [k for k in _GLOBALS if k not in glob]
-        if missing:
-            raise ValueError(f"The state dict's 'alice' entry lacks {missing}")
-        super().load_state_dict({"state": {}, "param_groups": saved_groups})
+        """Load a dict from :meth:`state_dict` (or from ``torch.distributed.checkpoint``'s
+        helpers, or the previous format). Everything is validated first; an invalid
+        dict raises ``ValueError`` and changes nothing. Values are copied into the
+        existing buffers, on each parameter's device and in its state dtype."""
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        loaded = parse_state_dict(state_dict, self.param_groups, self.quick_steps, self._state)
+        for group, saved in zip(self.param_groups, loaded.groups):
+            group.clear()
+            group.update(saved)
+        self.quick_steps, self.seed, self._calls = loaded.quick_steps, loaded.seed, loaded.calls
+        self.warmup_steps = _schedule.warmup_steps(self.param_groups[0]["betas"][0])
+        self._sync_state()
+        for b in self._state.buckets:
+            for k, p in enumerate(b.params):
+                if id(p) in loaded.records:
+                    AliceState.restore(b, k, loaded.records.pop(id(p)))
+        self._state.stash = loaded.records  # frozen parameters' state, kept for when they train
+        self._publish_state()
+        for counter in (self._skipped, self._skipped_seen):
+            if counter is not None:
+                counter.fill_(loaded.skipped)
+        self._warned = loaded.skipped
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _publish_state(self) -> None:
+        """Point ``self.state`` at the per-parameter views (and the frozen parameters' records)."""
         self.state.clear()
-        for pid, state in state_dict["state"].items():
-            p = id_to_param[pid]
-            dtype = _state_dtype(p)
-            self.state[p] = {
-                k: state[k].to(device=p.device, dtype=dtype, memory_format=torch.contiguous_format, copy=True)
-                for k in _STATE_KEYS
-            }
-        self.__dict__.update({key: int(glob[key]) for key in _GLOBALS})
+        for p, entry in self._state.per_param():
+            self.state[p] = entry
+        params = {id(p): p for g in self.param_groups for p in g["params"]}
+        for pid, record in self._state.stash.items():
+            self.state[params[pid]] = {k: v for k, v in record.items() if k not in ("history", "sampled")}
+

@@ -1,10 +1,13 @@
-"""``torch.compile`` kernels: the whole Alice update, and the perturbation, each
-fused into one pass over memory per tensor (C++/OpenMP on CPU, Triton on GPU).
+"""``torch.compile`` of the formulas in ``alice._math`` over flat 1-D buffers:
+one kernel per phase whatever the number of parameters (C++/OpenMP on CPU,
+Triton on GPU).
 
-Compiled lazily on first use with dynamic shapes, so tensors of any size share
-a kernel. Hyperparameters that change during training (sigma, the early-step
-betas, the lr-scaled bounds) and the sign key enter as 0-d tensors, so a new lr
-never recompiles; the rest (modes, eps, weights) is specialised on.
+Compiled on first use with dynamic shapes, so buffers of any length share a
+kernel. Values that change during training (sigma and the lr-scaled bounds,
+the sign key and index base) enter as 0-d tensors, so a scheduler never
+causes a recompile; the modes and the constant hyperparameters are
+specialised on. A kernel that fails to compile falls back, with one warning,
+to the eager flat path for good on that device type.
 """
 
 from __future__ import annotations
@@ -14,29 +17,29 @@ import warnings
 
 import torch
 
+from .. import _math
 from .._rademacher import as_int32, signs_at
 
-_DYNAMIC = ("sigma", "b1", "b2", "b3", "tau1", "tau2")
-
-# One graph per mode (warm-up, sampling, quick), dtype and rank: more than
-# dynamo's default limit of 8 once float32 and float64 groups meet.
-# (torch < 2.7 calls the setting cache_size_limit.)
-_LIMIT = {
-    "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit": 64
-}
-
+_DYNAMIC = ("sigma", "tau1", "tau2")
 
 _AVAILABLE: dict[str, bool] = {}
 """Per device type: whether compiled kernels work there (probed once; set to False
 for good when compiling an Alice kernel fails later)."""
 
 
+def _limit():
+    # One graph per mode (warm-up/move, sampling/quick), dtype and option set: more
+    # than dynamo's default limit of 8. (torch < 2.7 calls it cache_size_limit.)
+    config = torch._dynamo.config
+    return {"recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit": 64}
+
+
 def _warn_fallback(device_type: str, err: Exception) -> None:
     warnings.warn(
         f"alice: torch.compile is unavailable on {device_type!r} ({type(err).__name__}: {err}); "
-        "the fused update falls back to the multi-tensor (foreach) path.",
+        "the update falls back to the flat multi-tensor path.",
         RuntimeWarning,
-        stacklevel=5,
+        stacklevel=6,
     )
 
 
@@ -54,59 +57,57 @@ def available(device_type: str, warn: bool = True) -> bool:
     return _AVAILABLE[device_type]
 
 
-def _run(compiled, eager, args, kwargs) -> None:
-    """``compiled(*args, **kwargs)``, or ``eager`` from now on if compiling it fails
-    (a graph torch.compile cannot build here must not stop training)."""
-    device_type = args[0].device.type
-    if _AVAILABLE.get(device_type, True):
-        try:
-            return compiled(*args, **kwargs)
-        except torch._dynamo.exc.TorchDynamoException as err:  # raised before any write
-            _AVAILABLE[device_type] = False
-            _warn_fallback(device_type, err)
-    return eager(*args, **kwargs)
-
-
 @functools.cache
 def _compile(fn):
     return torch.compile(fn, dynamic=True, fullgraph=True)
 
 
-def _flat(t):
-    return t.view(-1) if t is not None and t.is_contiguous() else t
+def _run(fn, args, kwargs):
+    """``fn`` compiled, or eagerly from now on if compiling it fails (a graph that
+    torch.compile cannot build here must not stop training)."""
+    device_type = next(a for a in args if isinstance(a, torch.Tensor)).device.type
+    if _AVAILABLE.get(device_type, True):
+        try:
+            with torch._dynamo.config.patch(**_limit()):
+                return _compile(fn)(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as err:  # raised before any write
+            _AVAILABLE[device_type] = False
+            _warn_fallback(device_type, err)
+    return fn(*args, **kwargs)
 
 
-def update_(tensors, hyper: dict, body) -> None:
-    """Run ``body`` (``functional._update_``) compiled, one tensor at a time."""
-    kwargs = dict(hyper)
-    kwargs.update({k: torch.tensor(kwargs[k], dtype=torch.float64) for k in _DYNAMIC})
-    update = _compile(body)
-    with torch._dynamo.config.patch(**_LIMIT):
-        for args in zip(*tensors):
-            # Size-1 tensors would get a graph of their own (dynamo never treats
-            # size 1 as dynamic), which inductor 2.11 miscompiles for float64 on
-            # CUDA; they cost nothing eagerly.
-            flat = list(map(_flat, args))
-            if args[0].numel() > 1:
-                _run(update, body, flat, kwargs)
-            else:
-                body(*flat, **kwargs)
+def _scalar(value, dtype=torch.float64):
+    return torch.tensor(value, dtype=dtype)
 
 
-def _perturb(out, nu, key, scale):
-    # out = nu + scale * z, z_i = signs_at(i, key): signs hashed in registers
-    index = torch.arange(out.numel(), dtype=torch.int32, device=out.device)
-    out.copy_(nu + scale * signs_at(index, key).to(nu.dtype))
+def update_(tensors, kwargs) -> None:
+    kwargs = dict(kwargs)
+    kwargs.update({k: _scalar(kwargs[k]) for k in _DYNAMIC})
+    _run(_math.update_, tensors, kwargs)
 
 
-def perturb_(params, nus, keys, scales) -> None:
-    """``param = nu + scale * z`` for each tensor, z the counter-based signs of ``key``
-    (int32 indices: a tensor may hold up to 2**31 elements)."""
-    perturb = _compile(_perturb)
-    with torch._dynamo.config.patch(**_LIMIT):
-        for p, nu, key, scale in zip(params, nus, keys, scales):
-            out = p if p.is_contiguous() else torch.empty_like(nu)  # nu is always contiguous
-            key = torch.tensor(as_int32(key), dtype=torch.int32)
-            _run(perturb, _perturb, (out.view(-1), nu.view(-1), key, torch.tensor(scale, dtype=torch.float64)), {})
-            if out is not p:
-                p.copy_(out)
+def _point(out, mu, offset, scale, key, base):
+    # out = mu + offset + scale * z, z_i = signs_at(base + i, key) hashed in registers
+    index = torch.arange(mu.numel(), dtype=base.dtype, device=mu.device) + base
+    signs = signs_at(index, key).to(mu.dtype)
+    out.copy_(_math.evaluation_point(mu, offset, scale, signs))
+
+
+def _nu(out, mu, offset):
+    out.copy_(_math.evaluation_point(mu, offset, 0.0, None))
+
+
+def point_(out, mu, offset, scale, key, base) -> None:
+    if scale == 0:
+        _run(_nu, (out, mu, offset), {})
+        return
+    # int32 indices hash fastest; past 2**31 elements the same bits come from int64
+    wide = base + mu.numel() >= 1 << 31
+    index_dtype = torch.int64 if wide else torch.int32
+    key = _scalar(key if wide else as_int32(key), index_dtype)
+    _run(_point, (out, mu, offset, _scalar(scale), key, _scalar(base, index_dtype)), {})
+
+
+def samples_finite(grad, grad_plus, grad_minus, kwargs):
+    kwargs = dict(kwargs, sigma=_scalar(kwargs["sigma"]))
+    return _run(_math.samples_finite, (grad, grad_plus, grad_minus), kwargs)

@@ -1,0 +1,142 @@
+"""Validation of a state dict before anything is loaded from it.
+
+:func:`parse_state_dict` checks every entry (structure, types, shapes, finite
+values, counts, hyperparameters) against the optimizer's parameters and
+returns what to load, already on each parameter's device and in its state
+dtype; it raises ``ValueError`` naming the first problem and changes nothing.
+It reads the current layout (format 2: ``offset`` per parameter, counters in
+every param group, as ``torch.distributed.checkpoint`` keeps them) and the
+previous one (format 1: ``nu`` per parameter, counters under ``"alice"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _schedule
+from .state import AVERAGES, AliceState, state_dtype
+
+_GROUP_COUNTERS = ("seed", "calls", "skipped_steps")
+
+
+@dataclass
+class Loaded:
+    groups: list[dict]
+    records: dict[int, dict]  # id(param) -> record for AliceState.restore
+    quick_steps: int
+    seed: int
+    calls: int
+    skipped: int
+
+
+def _fail(message: str):
+    raise ValueError(f"Invalid Alice state dict: {message}")
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail(f"{name} is {value!r} (must be an integer >= 0)")
+    return value
+
+
+def _tensor(where: str, value: Any, shape: tuple) -> Tensor:
+    if not isinstance(value, Tensor):
+        _fail(f"{where} is a {type(value).__name__}, not a tensor")
+    if not value.is_floating_point():
+        _fail(f"{where} has dtype {value.dtype} (must be floating point)")
+    if tuple(value.shape) != shape:
+        _fail(f"{where} has shape {tuple(value.shape)} but the parameter has shape {shape}")
+    if not bool(torch.isfinite(value).all()):
+        _fail(f"{where} holds non-finite values")
+    return value
+
+
+def _common(groups: list[dict], alice: dict, key: str, old_key: str | None = None):
+    values = {g[key] for g in groups if key in g}
+    if len(values) > 1:
+        _fail(f"the param groups disagree on {key}: {sorted(values)}")
+    if values:
+        return values.pop()
+    if old_key is not None and old_key in alice:
+        return alice[old_key]
+    _fail(f"no {key!r} in the param groups")
+
+
+def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int, state: AliceState) -> Loaded:
+    """What ``state_dict`` holds for these ``param_groups``, validated (see the module doc)."""
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict) \
+            or not isinstance(state_dict.get("param_groups"), list):
+        _fail("expected a dict with 'state' (a dict) and 'param_groups' (a list)")
+    alice = state_dict.get("alice", {})
+    if not isinstance(alice, dict):
+        _fail(f"'alice' is a {type(alice).__name__}, not a dict")
+    old_format = alice.get("format", 2 if "alice" not in state_dict or "steps" not in alice else 1) == 1
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(param_groups):
+        _fail(f"it has {len(saved_groups)} param groups but this optimizer has {len(param_groups)}")
+    if "quick_steps" in alice:
+        try:
+            quick_steps = _schedule.check_quick_steps(alice["quick_steps"])
+        except ValueError as err:
+            _fail(str(err))
+    groups, id_to_param = [], {}
+    for i, (saved, group) in enumerate(zip(saved_groups, param_groups)):
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            _fail(f"param group {i} is not a dict with a 'params' list")
+        if len(saved["params"]) != len(group["params"]):
+            _fail(f"param group {i} has {len(saved['params'])} parameters but this optimizer's has "
+                  f"{len(group['params'])}")
+        id_to_param.update(zip(saved["params"], group["params"]))
+        loaded = {k: v for k, v in saved.items() if k not in ("params", *_GROUP_COUNTERS)}
+        missing = [k for k in group if k not in loaded and k != "params"]
+        if missing:
+            _fail(f"param group {i} lacks {missing}")
+        loaded.setdefault("lr0", _schedule.as_float(loaded["lr"]))
+        try:
+            _schedule.check_group(loaded, quick_steps, where=f"param group {i}: ")
+        except ValueError as err:
+            _fail(str(err))
+        groups.append({**loaded, "params": group["params"]})
+    seed = _count("seed", _common(saved_groups, alice, "seed", "seed"))
+    calls = _count("calls", _common(saved_groups, alice, "calls", "steps"))
+    skipped = _count("skipped_steps", _common(saved_groups, alice, "skipped_steps", "skipped_steps"))
+
+    records, classes = {}, {}
+    for pid, entry in state_dict["state"].items():
+        p = id_to_param.get(pid)
+        if p is None:
+            _fail(f"it has state for parameter id {pid!r}, which no param group lists")
+        if not isinstance(entry, dict):
+            _fail(f"the state of parameter id {pid!r} is not a dict")
+        keys = ("nu", *AVERAGES) if old_format else ("step", "offset", *AVERAGES)
+        missing = [k for k in keys if k not in entry]
+        if missing:
+            _fail(f"the state of parameter id {pid!r} lacks {missing}")
+        shape, dtype = tuple(p.shape), state_dtype(p.dtype)
+        take = lambda key: _tensor(f"state {key!r} of parameter id {pid!r}", entry[key], shape).to(  # noqa: E731
+            device=p.device, dtype=dtype, copy=True)
+        record = {key: take(key) for key in AVERAGES}
+        if old_format:
+            record["offset"] = take("nu") - p.detach().to(dtype)
+            step = calls
+        else:
+            record["offset"] = take("offset")
+            step = _count(f"step of parameter id {pid!r}", entry["step"])
+        if dtype != p.dtype:
+            record["mu"] = take("mu") if "mu" in entry else p.detach().to(dtype)
+        sampled = entry.get("sampled", step > 0)
+        if not isinstance(sampled, bool):
+            _fail(f"'sampled' of parameter id {pid!r} is {sampled!r} (must be a bool)")
+        record.update(step=torch.tensor(float(step), dtype=torch.float64, device=p.device), sampled=sampled,
+                      history=classes.setdefault((step, sampled), state.new_class()))
+        records[id(p)] = record
+    return Loaded(groups, records, quick_steps, seed, calls, skipped)
+

@@ -1,0 +1,236 @@
+"""``AliceState``: the optimizer state as flat buffers with per-parameter views.
+
+The trainable parameters of each (param group, device, dtype) share one
+:class:`Bucket`: one contiguous buffer per state quantity, in the state dtype
+(float32 for half-precision parameters, else the parameters' own):
+
+* ``offset``: the look-ahead's offset ``nu - mu`` (the parameter holds ``mu``);
+* ``G, V, H, R``: the averages of the gradient, its square, the Hessian
+  magnitude and the glass density (``docs/alice-update.md``);
+* ``mu``: the float32 centre, for half-precision parameters only;
+
+20 bytes per element in float32 (24 with ``mu``), plus a count per parameter
+(``step``: the steps it took part in, on its device, so that a skip decided
+on the device needs no host sync). Each parameter's ``opt.state[p]`` holds
+views of its slices, as torch optimizers keep per-parameter tensors.
+
+Working buffers, in the parameters' dtype: ``grads`` (each ``p.grad`` is a
+tensor over its slice, so backward writes straight into the kernels' input),
+``plus``/``minus`` (the gradients at ``nu +- sigma z`` of a sampling step) and
+``held`` (the parameters gathered at the start of a step: the centre ``mu``
+itself for float32/float64).
+
+Storing ``nu - mu`` instead of ``nu`` makes the spec's rule for edited
+parameters free: a parameter loaded or re-initialised between steps is the
+new centre, and the look-ahead keeps its offset from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "state_dtype"]
+
+AVERAGES = ("G", "V", "H", "R")
+STATE_KEYS = ("offset", *AVERAGES)
+"""Per-element state of every parameter; half-precision parameters add ``"mu"``."""
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Optimizer state is kept in float32 for half-precision parameters."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _over(flat: Tensor, start: int, like: Tensor) -> Tensor:
+    """A tensor of ``like``'s shape over ``flat[start:]`` with its own version counter
+    (not a view): backward's in-place accumulation into it is then visible per
+    parameter, through ``_version``, while the flat buffer is written as a whole."""
+    strides, size = [], 1
+    for extent in reversed(like.shape):
+        strides.append(size)
+        size *= max(extent, 1)
+    return torch.empty(0, dtype=flat.dtype, device=flat.device).set_(
+        flat.untyped_storage(), flat.storage_offset() + start, like.shape, tuple(reversed(strides))
+    )
+
+
+@dataclass(eq=False)
+class Bucket:
+    """The trainable parameters of one (group, device, dtype), laid out flat."""
+
+    group: int
+    params: list[Tensor]
+    indices: list[int]  # each parameter's position in the optimizer (over all groups)
+    starts: list[int]  # each parameter's start in the flat buffers; starts[-1] = numel
+    base: int  # global index of the first element (for the signs)
+    buffers: dict[str, Tensor]
+    counts: Tensor  # float64, one per parameter: steps it took part in
+    grads: Tensor
+    held: Tensor
+    grad_tensors: list[Tensor] = field(default_factory=list)
+    plus: Tensor | None = None
+    minus: Tensor | None = None
+    history: list[int] = field(default_factory=list)  # participation class (host)
+    sampled: list[bool] = field(default_factory=list)  # took part in a sampling step (host)
+    versions: list[int] = field(default_factory=list)  # grad tensors' version at last look
+
+    @property
+    def numel(self) -> int:
+        return self.starts[-1]
+
+    @property
+    def half(self) -> bool:
+        return "mu" in self.buffers
+
+    @property
+    def device(self) -> torch.device:
+        return self.grads.device
+
+    @property
+    def mu(self) -> Tensor:
+        """The centre in the state dtype: the float32 state of half-precision
+        parameters, else the gathered parameters themselves."""
+        return self.buffers.get("mu", self.held)
+
+    def views(self, flat: Tensor) -> list[Tensor]:
+        return [flat[a:b].view(p.shape) for p, a, b in zip(self.params, self.starts, self.starts[1:])]
+
+    def segments(self, first: int, last: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of parameters ``first .. last - 1`` relative to the first's start."""
+        origin = self.starts[first]
+        return [(self.starts[k] - origin, self.starts[k + 1] - origin) for k in range(first, last)]
+
+    def ensure_sampling_buffers(self) -> None:
+        if self.plus is None:
+            self.plus, self.minus = torch.empty_like(self.grads), torch.empty_like(self.grads)
+
+    def point_grads_at_buffers(self, force: bool = True) -> None:
+        """Make each ``p.grad`` the bucket's tensor over its slice (with ``force=False``
+        only where ``p.grad`` is None: a gradient already there is the user's)."""
+        for p, g in zip(self.params, self.grad_tensors):
+            if p.grad is not g and (force or p.grad is None):
+                p.grad = g
+        self.versions = [g._version for g in self.grad_tensors]
+
+    def foreign_gradients(self) -> list[Tensor]:
+        """Parameters whose gradient was written since Alice last looked: backward ran
+        outside a step (or ``p.grad`` was replaced)."""
+        return [
+            p for p, g, version in zip(self.params, self.grad_tensors, self.versions)
+            if p.grad is not None and (p.grad is not g or g._version != version)
+        ]
+
+
+def _new_bucket(group: int, params: list[Tensor], indices: list[int], base: int) -> Bucket:
+    device, dtype = params[0].device, params[0].dtype
+    starts = [0]
+    for p in params:
+        starts.append(starts[-1] + p.numel())
+    numel, sdtype = starts[-1], state_dtype(dtype)
+    buffers = {key: torch.zeros(numel, dtype=sdtype, device=device) for key in STATE_KEYS}
+    held = torch.empty(numel, dtype=dtype, device=device)
+    bucket = Bucket(
+        group=group, params=params, indices=indices, starts=starts, base=base, buffers=buffers,
+        counts=torch.zeros(len(params), dtype=torch.float64, device=device),
+        grads=torch.zeros(numel, dtype=dtype, device=device), held=held,
+        history=[0] * len(params), sampled=[False] * len(params),
+    )
+    bucket.grad_tensors = [_over(bucket.grads, a, p) for p, a in zip(params, starts)]
+    if sdtype != dtype:
+        torch._foreach_copy_(bucket.views(buffers.setdefault("mu", torch.empty(numel, dtype=sdtype, device=device))),
+                             [p.detach() for p in params])
+    return bucket
+
+
+class AliceState:
+    """All buckets of one optimizer. They are rebuilt when the set of trainable
+    parameters changes (a group added, a parameter frozen or unfrozen); each
+    parameter keeps what it had, and a frozen parameter's state waits in
+    ``stash`` until it trains again."""
+
+    def __init__(self) -> None:
+        self.buckets: list[Bucket] = []
+        self.stash: dict[int, dict] = {}  # id(param) -> its record while frozen
+        self._layout: tuple = ()
+        self._next_class = 1
+
+    @staticmethod
+    def layout(param_groups: list[dict]) -> tuple:
+        """What the buckets depend on: each group's trainable parameters."""
+        return tuple(tuple(id(p) for p in g["params"] if p.requires_grad) for g in param_groups)
+
+    def sync(self, param_groups: list[dict]) -> bool:
+        """Rebuild the buckets if the trainable parameters changed; returns whether it did."""
+        layout = self.layout(param_groups)
+        if layout == self._layout:
+            return False
+        records = {id(p): self.record(b, k) for b in self.buckets for k, p in enumerate(b.params)}
+        records.update(self.stash)
+        owned_grads = {id(p): g for b in self.buckets for p, g in zip(b.params, b.grad_tensors) if p.grad is g}
+        buckets, index, base = [], 0, 0
+        fresh = self.new_class()  # parameters that join now share a class of their own
+        for g, group in enumerate(param_groups):
+            by_kind: dict[tuple, tuple[list, list]] = {}
+            for p in group["params"]:
+                if p.requires_grad:
+                    ps, idx = by_kind.setdefault((p.device, p.dtype), ([], []))
+                    ps.append(p)
+                    idx.append(index)
+                index += 1
+            for ps, idx in by_kind.values():
+                bucket = _new_bucket(g, ps, idx, base)
+                base += bucket.numel
+                for k, p in enumerate(ps):
+                    if id(p) in owned_grads:  # a gradient in the old buffers moves along
+                        bucket.grad_tensors[k].copy_(owned_grads[id(p)])
+                        p.grad = bucket.grad_tensors[k]
+                    record = records.pop(id(p), None)
+                    if record is None:
+                        bucket.history[k] = fresh
+                    else:
+                        self.restore(bucket, k, record)
+                buckets.append(bucket)
+        known = {id(p) for g in param_groups for p in g["params"]}
+        self.stash = {
+            pid: {key: value.clone() if isinstance(value, Tensor) else value for key, value in record.items()}
+            for pid, record in records.items() if pid in known
+        }
+        self.buckets, self._layout = buckets, layout
+        for bucket in buckets:
+            bucket.point_grads_at_buffers(force=False)
+        return True
+
+    @staticmethod
+    def record(bucket: Bucket, k: int) -> dict:
+        """Parameter ``k``'s state as flat views, its count, class and sampling flag."""
+        a, b = bucket.starts[k], bucket.starts[k + 1]
+        record = {key: flat[a:b] for key, flat in bucket.buffers.items()}
+        record.update(step=bucket.counts[k], history=bucket.history[k], sampled=bucket.sampled[k])
+        return record
+
+    @staticmethod
+    def restore(bucket: Bucket, k: int, record: dict) -> None:
+        """Copy a :meth:`record` (or a loaded state) into parameter ``k`` of ``bucket``."""
+        a, b = bucket.starts[k], bucket.starts[k + 1]
+        for key, flat in bucket.buffers.items():
+            if key in record:
+                flat[a:b].copy_(record[key].reshape(-1))
+        bucket.counts[k].copy_(record["step"])
+        bucket.history[k], bucket.sampled[k] = record["history"], record["sampled"]
+
+    def new_class(self) -> int:
+        self._next_class += 1
+        return self._next_class - 1
+
+    def per_param(self) -> Iterable[tuple[Tensor, dict[str, Tensor]]]:
+        """``(param, {"step": ..., "offset": ..., "G": ..., ...})`` with views of the buffers."""
+        for bucket in self.buckets:
+            views = {key: bucket.views(flat) for key, flat in bucket.buffers.items()}
+            for k, p in enumerate(bucket.params):
+                entry = {"step": bucket.counts[k]}
+                entry.update((key, views[key][k]) for key in views)
+                yield p, entry
