@@ -7,7 +7,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from alice import _math
+from alice import _math, schedule as _schedule
 
 pos = st.floats(1e-6, 1e3)
 nonneg = st.floats(0.0, 1e3)
@@ -91,7 +91,7 @@ def test_regularized_grad_sign_convention():
 @settings(max_examples=200, deadline=None)
 @given(
     G=st.floats(-10, 10).filter(lambda v: v != 0), V=nonneg, H=nonneg, R=nonneg,
-    comp=st.sampled_from(_math.HESS_COMPS), limit=st.sampled_from(_math.LIMIT_METHODS),
+    comp=st.sampled_from(_schedule.HESS_COMPS), limit=st.sampled_from(_schedule.LIMIT_METHODS),
     tau1=st.floats(0, 1e-2), width=st.floats(0, 1e-2), glass=st.booleans(),
 )
 def test_signed_step_descends_within_bounds(G, V, H, R, comp, limit, tau1, width, glass):

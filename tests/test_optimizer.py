@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from alice import PRESETS, Alice, ClosureError
+from alice.schedule import effective_beta, step_scalars
 
 # (kwargs, regex of the error message) -- every invalid value names the argument and value.
 INVALID = [
-    (dict(lr=0.0), r"lr: 0\.0"),
     (dict(lr=-1e-3), r"lr: -0\.001"),
     (dict(betas=(1.0, 0.999)), r"betas\[0\]: 1\.0"),
     (dict(betas=(0.9, 0.0)), r"betas\[1\]: 0\.0"),
@@ -38,6 +38,7 @@ INVALID = [
     (dict(quick_steps=1.5), r"quick_steps: 1\.5"),
     (dict(lr=float("nan")), r"lr: nan"),
     (dict(seed=-3), r"seed: -3"),
+    (dict(lr=torch.tensor([1e-3, 2e-3])), r"lr: tensor"),
 ]
 
 
@@ -57,6 +58,22 @@ def test_invalid_group_values_and_quick_steps_in_a_group():
     with pytest.raises(ValueError, match=r"omega: -1"):
         opt.add_param_group({"params": [q], "omega": -1})
     assert len(opt.param_groups) == 1
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [p]})
+    assert len(opt.param_groups) == 1
+    with pytest.raises(ValueError, match=r"Invalid params: a parameter of shape \(2,\) is listed twice"):
+        Alice([q, q])
+
+
+def test_a_tensor_lr_works_as_a_float_does():
+    """As torch's Adam accepts it (a CPU tensor, read without waiting for a GPU)."""
+    runs = []
+    for lr in (1e-2, torch.tensor(1e-2)):
+        model, x, y = quadratic()
+        opt = Alice(model.parameters(), lr=lr, seed=0)
+        train(model, opt, x, y, 15)
+        runs.append(model.weight.detach().clone())
+    assert torch.equal(*runs)
 
 
 def quadratic(dim=5, seed=0, dtype=torch.float32):
@@ -104,7 +121,8 @@ def test_misbehaving_closures_raise_and_leave_parameters_unchanged():
     with pytest.raises(KeyError):
         opt.step(broken)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert opt.steps == 0 and not opt.state
+    assert opt.steps == 0 and opt.calls == 0
+    assert all(not s[k].any() for s in opt.state.values() for k in ("step", "offset", "G", "V", "H", "R"))
 
 
 def test_closure_calls_per_step_and_loss_at_nu():
@@ -142,7 +160,7 @@ def test_the_gradient_left_in_grad_is_the_one_at_nu():
     probe = copy.deepcopy(model)
     with torch.no_grad():
         for p, q in zip(model.parameters(), probe.parameters()):
-            q.copy_(opt.state[p]["nu"])
+            q.copy_(p + opt.state[p]["offset"])  # nu
     nn.functional.mse_loss(probe(x), y).backward()
     loss = opt.step(closure)  # a quick step, evaluated at that nu
     assert torch.equal(loss, nn.functional.mse_loss(probe(x), y))
@@ -178,23 +196,32 @@ def test_frozen_and_unused_parameters_are_left_untouched():
     for _ in range(15):
         opt.step(closure)
     assert torch.equal(frozen, torch.ones(4)) and torch.equal(unused.detach(), torch.ones(2))
-    assert frozen not in opt.state and unused not in opt.state
+    assert frozen not in opt.state  # never trainable: no state at all
+    assert opt.state[unused]["step"] == 0 and not opt.state[unused]["G"].any()  # never took part
     assert not torch.equal(used.weight, w0)
 
 
-def test_sparse_gradients_raise():
-    emb = nn.Embedding(10, 3, sparse=True)
-    opt = Alice(emb.parameters())
-    before = emb.weight.detach().clone()
+@pytest.mark.parametrize("zero", ["optimizer", "model"])
+def test_sparse_gradients_train_exactly_as_dense_ones(zero):
+    """A sparse embedding's gradient lands in Alice's dense buffer (added in place, or
+    densified when the closure's ``model.zero_grad()`` made backward allocate it)."""
+    runs = {}
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        emb = nn.Embedding(10, 3, sparse=sparse)
+        opt = Alice(emb.parameters(), lr=1e-2, seed=0)
 
-    def closure():
-        loss = emb(torch.tensor([1, 2])).sum()
-        loss.backward()
-        return loss
+        def closure():
+            (opt if zero == "optimizer" else emb).zero_grad()
+            loss = (emb(torch.tensor([1, 2, 2])) ** 2).sum()
+            loss.backward()
+            return loss
 
-    with pytest.raises(ValueError, match="sparse gradients"):
-        opt.step(closure)
-    assert torch.equal(emb.weight, before)
+        for _ in range(14):
+            opt.step(closure)
+        runs[sparse] = emb.weight.detach().clone()
+    assert not torch.equal(runs[False], nn.Embedding(10, 3).weight)  # it trained
+    assert torch.equal(runs[True], runs[False])
 
 
 def test_state_is_five_tensors_per_parameter_and_float32_for_bfloat16():
@@ -205,8 +232,11 @@ def test_state_is_five_tensors_per_parameter_and_float32_for_bfloat16():
     losses = [opt.step(closure).item() for _ in range(40)]
     for p in model.parameters():
         assert p.dtype == torch.bfloat16
-        assert sorted(opt.state[p]) == ["G", "H", "R", "V", "nu"]
-        assert all(t.dtype == torch.float32 and t.shape == p.shape for t in opt.state[p].values())
+        state = dict(opt.state[p])
+        assert state.pop("step").dtype == torch.float64
+        assert sorted(state) == ["G", "H", "R", "V", "mu", "offset"]  # mu: the float32 centre
+        assert all(t.dtype == torch.float32 and t.shape == p.shape for t in state.values())
+        assert torch.equal(state["mu"].to(torch.bfloat16), p)
     assert losses[-1] < losses[0]
 
 
@@ -250,13 +280,13 @@ def test_non_finite_steps_change_nothing(bad_eval, kind):
     saved = copy.deepcopy(opt.state_dict())
     params = [p.detach().clone() for p in model.parameters()]
     poison.update(on=True, start=len(calls))
-    with pytest.warns(RuntimeWarning, match="skipped step 12"):
-        opt.step(closure)
-    assert opt.skipped_steps == 1 and opt.steps == 11
+    opt.step(closure)
+    with pytest.warns(RuntimeWarning, match="skipped 1 step"):  # decided on the device, told when read
+        assert opt.skipped_steps == 1 and opt.steps == 11
     assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
     after = opt.state_dict()
     for pid, state in saved["state"].items():
-        assert all(torch.equal(state[k], after["state"][pid][k]) for k in state)
+        assert all(torch.equal(state[k], after["state"][pid][k]) for k in state if k != "sampled")
     poison["on"] = False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -277,6 +307,7 @@ def test_warning_is_issued_once():
     with pytest.warns(RuntimeWarning) as record:
         for _ in range(3):
             opt.step(closure)
+            opt.skipped_steps
     assert len([w for w in record if "skipped" in str(w.message)]) == 1
     assert opt.skipped_steps == 3 and opt.steps == 0
 
@@ -365,8 +396,9 @@ def test_skipped_step_restores_buffers_when_model_is_given():
         loss.backward()
         return loss
 
+    opt.step(closure)
     with pytest.warns(RuntimeWarning):
-        opt.step(closure)
+        assert opt.skipped_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
 
 
@@ -383,33 +415,56 @@ def test_schedulers_drive_lr_and_bounds():
         sched.step()
     group = opt.param_groups[0]
     assert group["lr"] == pytest.approx(1e-2 / 16)
-    hyper = opt._hyper(group, 21, move=True)
-    assert hyper.sigma == group["lr"] and hyper.tau2 == pytest.approx(2 * group["lr"])
+    scalars = step_scalars(group, opt.quick_steps)
+    assert scalars.sigma == group["lr"] and scalars.tau2 == pytest.approx(2 * group["lr"])
     group["scale_bounds_with_lr"] = False
-    assert opt._hyper(group, 21, move=True).tau2 == pytest.approx(2e-2)
+    assert step_scalars(group, opt.quick_steps).tau2 == pytest.approx(2e-2)
 
 
-def test_a_scheduler_driving_lr_to_zero_gets_a_clear_error_and_nothing_changes():
+def test_halving_the_lr_keeps_bounds_that_were_valid():
+    """lr_max defaults to twice the *initial* lr in the step and in the validation alike."""
+    model, x, y = quadratic()
+    opt = Alice(model.parameters(), lr=0.01, lr_min=0.015, seed=0)
+    closure = make_closure(opt, model, x, y)
+    opt.step(closure)
+    opt.param_groups[0]["lr"] = 0.005
+    opt.step(closure)  # tau1 = 0.0075 <= tau2 = 0.01: valid
+    assert opt.calls == 2 and opt.skipped_steps == 0
+
+
+def test_a_step_at_lr_zero_evaluates_once_and_changes_nothing():
     model, x, y = quadratic()
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)  # ends at lr = 0
-    closure = make_closure(opt, model, x, y)
+    calls = []
+    closure = make_closure(opt, model, x, y, counter=calls)
     for _ in range(5):
         opt.step(closure)
         sched.step()
+    assert opt.param_groups[0]["lr"] == 0
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match=r"param group 0: Invalid lr: 0\.0"):
-        opt.step(closure)  # lr is also the perturbation length: 0 would divide by zero
-    assert opt.steps == 5 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    state = copy.deepcopy(opt.state_dict()["state"])
+    del calls[:]
+    loss = opt.step(closure)
+    assert len(calls) == 1 and torch.equal(loss, nn.functional.mse_loss(model(x), y))  # at nu = mu here
+    assert opt.steps == 5 and opt.calls == 5  # not counted: the schedule does not advance
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = opt.state_dict()["state"]
+    assert all(torch.equal(state[i][k], after[i][k]) for i in state for k in state[i] if k != "sampled")
+    for bad in (-1e-3, float("nan")):
+        opt.param_groups[0]["lr"] = bad
+        with pytest.raises(ValueError, match="param group 0: Invalid lr"):
+            opt.step(closure)
 
 
 def test_per_group_hyperparameters_and_phi_default():
     a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
     opt = Alice([{"params": [a]}, {"params": [b], "lr": 0.1, "betas": (0.8, 0.99), "lr_max": 0.5}], lr=1e-2)
-    ha, hb = opt._hyper(opt.param_groups[0], 50, True), opt._hyper(opt.param_groups[1], 50, True)
-    assert (ha.sigma, ha.tau2, ha.phi, ha.b1) == (1e-2, 2e-2, pytest.approx(0.1), 0.9)
-    assert (hb.sigma, hb.tau2, hb.phi, hb.b1) == (0.1, 0.5, pytest.approx(0.2), 0.8)
-    assert hb.b3 == pytest.approx(1 - 4 * 0.01)
+    ha, hb = (step_scalars(g, opt.quick_steps) for g in opt.param_groups)
+    assert (ha.sigma, ha.tau2, ha.phi, ha.beta1) == (1e-2, 2e-2, pytest.approx(0.1), 0.9)
+    assert (hb.sigma, hb.tau2, hb.phi, hb.beta1) == (0.1, 0.5, pytest.approx(0.2), 0.8)
+    assert hb.beta3 == pytest.approx(1 - 4 * 0.01)
+    assert effective_beta(0.9, 1) == 0 and effective_beta(0.9, 5) == 0.8 and effective_beta(0.9, 50) == 0.9
     assert opt.warmup_steps == 10  # from the constructor's beta1, not the group's
 
 
@@ -434,8 +489,16 @@ def test_a_group_added_later_joins_the_global_schedule():
         opt.step(closure)
     extra.requires_grad_(True)
     opt.add_param_group({"params": [extra], "lr": 1e-3, "hess_comp": "rms"})
-    opt.step(closure)  # step 13: a quick step, already past warm-up: extra moves at once
+    opt.step(closure)  # step 13: a quick step; extra's first: its averages are plain ones
     assert opt.steps == 13 and opt.param_groups[1]["lr0"] == 1e-3
+    g = extra.grad.clone()
+    assert opt.state[extra]["step"] == 1
+    torch.testing.assert_close(opt.state[extra]["G"], g)
+    torch.testing.assert_close(opt.state[extra]["V"], g * g)
+    for _ in range(2):  # steps 14, 15: quick; extra has not sampled yet, so it stays
+        opt.step(closure)
+        assert extra.item() == 1.0
+    opt.step(closure)  # step 16: sampling; now it moves, within its bound
     assert extra.item() != 1.0 and abs(extra.item() - 1.0) <= 2e-3 + 1e-12
 
 
@@ -497,20 +560,37 @@ def test_mismatched_state_dicts_raise_and_change_nothing():
     train(other, opt_other, xo, yo, 2)
     before = copy.deepcopy(opt_other.state_dict())
     bad_groups = {**good, "param_groups": good["param_groups"] * 2}
+    def edited(state=None, group=None, alice=None):
+        """``good`` with entries of parameter 0's state, group 0 or "alice" replaced."""
+        out = copy.deepcopy(good)
+        out["state"][0].update(state or {})
+        out["param_groups"][0].update(group or {})
+        out["alice"].update(alice or {})
+        return out
+
     cases = [
         (good, r"shape \(1, 5\).*shape \(1, 4\)"),
         (bad_groups, "2 param groups"),
-        ({k: v for k, v in good.items() if k != "alice"}, "Not an Alice state dict"),
+        ("not a dict", "expected a dict"),
+        (edited(state={"G": torch.full((1, 5), float("nan"))}), "'G' of parameter id 0 holds non-finite"),
+        (edited(state={"V": [1.0]}), "'V' of parameter id 0 is a list"),
+        (edited(state={"step": torch.tensor(-1.0)}), r"step of parameter id 0 is -1 \(must be an integer >= 0\)"),
+        (edited(group={"calls": 2.5}), r"calls is 2\.5"),
+        (edited(group={"eps": -1.0}), "param group 0: Invalid eps: -1.0"),
+        (edited(alice={"quick_steps": 2.5}), r"Invalid quick_steps: 2\.5"),
     ]
-    for state_dict, message in cases:
+    for state_dict, message in cases[2:]:  # the same checks against the right optimizer
+        with pytest.raises(ValueError, match=message):
+            opt.load_state_dict(state_dict)
+    for state_dict, message in cases[:2]:
         with pytest.raises(ValueError, match=message):
             opt_other.load_state_dict(state_dict)
         after = opt_other.state_dict()
         assert after["alice"] == before["alice"] and after["param_groups"] == before["param_groups"]
         for pid, state in before["state"].items():
-            assert all(torch.equal(state[k], after["state"][pid][k]) for k in state)
+            assert all(torch.equal(state[k], after["state"][pid][k]) for k in state if k != "sampled")
     extra = nn.Linear(5, 1)
-    with pytest.raises(ValueError, match=re.escape("has 3 parameters in the state dict but 2 here")):
+    with pytest.raises(ValueError, match=re.escape("param group 0 has 3 parameters but this optimizer's has 2")):
         Alice(extra.parameters()).load_state_dict(
             {**good, "param_groups": [{**good["param_groups"][0], "params": [0, 1, 2]}]}
         )
@@ -534,7 +614,8 @@ def test_copies_of_model_and_optimizer_continue_identically(duplicate):
     opt = Alice(model.parameters(), lr=1e-2, seed=9, quick_steps=2)
     train(model, opt, x, y, 12)
     model2, opt2 = duplicate((model, opt))
-    assert opt2._globals() == opt._globals() == dict(steps=12, seed=9, skipped_steps=0, quick_steps=2, warmup_steps=10)
+    counters = lambda o: (o.steps, o.calls, o.seed, o.skipped_steps, o.quick_steps, o.warmup_steps)  # noqa: E731
+    assert counters(opt2) == counters(opt) == (12, 12, 9, 0, 2, 10)
     train(model, opt, x, y, 7)
     train(model2, opt2, x, y, 7)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
@@ -556,7 +637,7 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_foreach(monkeypatch):
         model, x, y = quadratic()
         opt = Alice(model.parameters(), lr=1e-2, seed=4, fused=fused)
         if fused:
-            with pytest.warns(RuntimeWarning, match="falls back to the multi-tensor"):
+            with pytest.warns(RuntimeWarning, match="falls back to the flat multi-tensor path"):
                 train(model, opt, x, y, 14)
             assert compiled._AVAILABLE["cpu"] is False
         else:

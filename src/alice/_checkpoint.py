@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _schedule
+from . import schedule as _schedule
 from .state import AVERAGES, AliceState, state_dtype
 
 _GROUP_COUNTERS = ("seed", "calls", "skipped_steps")

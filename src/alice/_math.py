@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from ._schedule import effective_beta
+from .schedule import effective_beta
 
 GLASS = 3.0 / (4.0 * math.pi)
 """Constant of the glass term in the optimal step: alpha = GLASS * rho / |g|."""

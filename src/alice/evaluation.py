@@ -160,13 +160,8 @@ class Evaluations:
             grad = p.grad
             touched.append(grad is not None and (grad is not g or g._version != version))
             if grad is not None and grad is not g:
-                if grad.is_sparse:
-                    raise ValueError(
-                        f"Alice does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
-                        "use dense embeddings (sparse=False)"
-                    )
                 dst.append(g)
-                src.append(grad)
+                src.append(grad.to_dense() if grad.is_sparse else grad)  # the update is dense anyway
         _foreach_copy_(dst, src)
         b.point_grads_at_buffers()
         return touched

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import _math
 from ._rademacher import rademacher
-from ._schedule import StepScalars
+from .schedule import StepScalars
 from . import kernels
 
 __all__ = ["FUSED_MIN_NUMEL", "alice_", "point_", "samples_ok", "use_fused"]

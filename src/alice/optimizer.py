@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _schedule
+from . import schedule as _schedule
 from ._rademacher import tensor_key
 from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, loss_finite
 from .functional import alice_, samples_ok
