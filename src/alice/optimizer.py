@@ -298,10 +298,8 @@ class Alice(Optimizer):
         owned = set()
         for b in self._state.buckets:
             b.grads.zero_()
-            for p, g in zip(b.params, b.grad_tensors):
-                owned.add(id(p))
-                if p.grad is not None and p.grad is not g:
-                    p.grad = None
+            b.point_grads_at_buffers()  # and what was written there is now accounted for
+            owned.update(id(p) for p in b.params)
         for group in self.param_groups:
             for p in group["params"]:
                 if id(p) not in owned and p.grad is not None:

@@ -1,0 +1,201 @@
+"""The step's protocol: gradients in Alice's buffers, refusals, skips and edits (issue 13)."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from alice import Alice, ClosureError
+
+
+def problem(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
+    x, y = torch.randn(32, 6, dtype=dtype), torch.randn(32, 1, dtype=dtype)
+    return model, x, y
+
+
+def closure_for(opt, model, x, y, zero="optimizer"):
+    def closure():
+        if zero == "optimizer":
+            opt.zero_grad()
+        elif zero == "model":
+            model.zero_grad()  # set_to_none: backward then allocates new gradients
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def train(zero, steps=17):
+    model, x, y = problem()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    closure = closure_for(opt, model, x, y, zero)
+    losses = [opt.step(closure).item() for _ in range(steps)]
+    return model, opt, losses
+
+
+def test_gradients_live_in_the_optimizer_buffers_and_any_zeroing_gives_the_same_result():
+    runs = {zero: train(zero) for zero in ("optimizer", "model", "none")}
+    want = [p.detach() for p in runs["optimizer"][0].parameters()]
+    for zero, (model, opt, losses) in runs.items():
+        assert all(torch.equal(a, b) for a, b in zip(want, model.parameters())), zero
+        assert losses == runs["optimizer"][2]
+    model, opt, _ = runs["optimizer"]
+    storages = {p.grad.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(storages) == 1  # every p.grad is a tensor over the one flat buffer
+
+
+def test_gradients_computed_before_step_are_refused_not_discarded():
+    model, x, y = problem()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    closure = closure_for(opt, model, x, y)
+    opt.step(closure)
+    before = [p.detach().clone() for p in model.parameters()]
+    nn.functional.mse_loss(model(x), y).backward()  # a micro-batch accumulated by the loop
+    with pytest.raises(ClosureError, match="Accumulate inside the closure"):
+        opt.step(closure)
+    assert opt.calls == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    opt.zero_grad()  # the documented way out
+    opt.step(closure)
+    assert opt.calls == 2
+
+
+@pytest.mark.parametrize("value", [{"loss": 1.0}, "loss", "vector"], ids=["dict", "str", "vector"])
+def test_a_closure_that_returns_no_scalar_loss_is_refused_before_anything_changes(value):
+    model, x, y = problem()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    good = closure_for(opt, model, x, y)
+    for _ in range(3):
+        opt.step(good)
+    before = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict()["state"])
+
+    def bad():
+        loss = good()
+        return torch.stack([loss, loss]) if value == "vector" else value
+
+    with pytest.raises(ClosureError, match="must return the scalar loss"):
+        opt.step(bad)
+    assert opt.calls == 3 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = opt.state_dict()["state"]
+    assert all(torch.equal(state[i][k], after[i][k]) for i in state for k in state[i] if k != "sampled")
+
+
+def test_a_closure_that_calls_step_again_is_refused():
+    model, x, y = problem()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    good = closure_for(opt, model, x, y)
+
+    def reentrant():
+        opt.step(good)
+        return good()
+
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ClosureError, match="inside its own closure"):
+        opt.step(reentrant)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_huge_finite_gradient_skips_the_step_and_keeps_the_state_finite():
+    p = nn.Parameter(torch.tensor([0.5, -0.25]))
+    opt = Alice([p], lr=1e-2, seed=0)
+    scale = {"value": 1.0}
+
+    def closure():
+        opt.zero_grad()
+        loss = (scale["value"] * p).sum()  # gradient = scale: 1e30 squares to inf in float32
+        loss.backward()
+        return loss
+
+    for _ in range(12):
+        opt.step(closure)
+    before = p.detach().clone()
+    scale["value"] = 1e30
+    opt.step(closure)
+    with pytest.warns(RuntimeWarning, match="skipped 1 step"):
+        assert opt.skipped_steps == 1
+    assert torch.equal(p.detach(), before)
+    assert all(torch.isfinite(t).all() for t in opt.state[p].values())
+    scale["value"] = 1.0
+    opt.step(closure)
+    assert opt.steps == 12 + 1 and torch.isfinite(p).all()
+
+
+def test_parameters_edited_between_steps_are_the_new_centre():
+    """The spec: ``mu`` is what the parameter holds when ``step()`` begins, and the
+    look-ahead keeps its offset ``nu - mu`` from it."""
+    model, x, y = problem()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    closure = closure_for(opt, model, x, y)
+    for _ in range(13):
+        opt.step(closure)
+    fresh = problem(seed=1)[0]
+    model.load_state_dict(fresh.state_dict())  # e.g. an EMA swap or a reload
+    offsets = [opt.state[p]["offset"].clone() for p in model.parameters()]
+    probe = copy.deepcopy(fresh)
+    with torch.no_grad():
+        for q, d in zip(probe.parameters(), offsets):
+            q.add_(d)  # where the next (quick) step evaluates: new centre + offset
+    want = nn.functional.mse_loss(probe(x), y)
+    assert torch.equal(opt.step(closure), want)
+
+
+def test_unfrozen_parameters_join_with_their_own_count():
+    model, x, y = problem()
+    first = model[0]
+    first.requires_grad_(False)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    closure = closure_for(opt, model, x, y)
+    for _ in range(14):
+        opt.step(closure)
+    w = first.weight.detach().clone()
+    assert first.weight not in opt.state
+    first.requires_grad_(True)
+    opt.step(closure)  # call 15: quick; the first layer's first step
+    assert opt.state[first.weight]["step"] == 1 and opt.state[model[2].weight]["step"] == 15
+    torch.testing.assert_close(opt.state[first.weight]["G"], first.weight.grad)  # a plain average
+    assert torch.equal(first.weight, w)  # no move before a sampling step
+    opt.step(closure)  # call 16: sampling; it moves
+    assert not torch.equal(first.weight, w)
+    first.requires_grad_(False)  # frozen again: its state waits
+    opt.step(closure)
+    assert opt.state[first.weight]["step"] == 2
+
+
+def test_half_precision_parameters_follow_the_float32_trajectory():
+    """bfloat16 parameters keep a float32 centre: moves below bf16 resolution add up."""
+    target = torch.linspace(-1, 1, 256)
+
+    def run(dtype):
+        p = nn.Parameter(torch.full((256,), 0.5, dtype=dtype))
+        opt = Alice([p], lr=1e-3, seed=0)
+
+        def closure():
+            opt.zero_grad()
+            loss = ((p.float() - target) ** 2).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(200):
+            opt.step(closure)
+        return p, opt
+
+    p16, opt16 = run(torch.bfloat16)
+    p32, _ = run(torch.float32)
+    moved = (p16 != 0.5).float().mean().item()
+    assert moved > 0.9  # (storing mu in the bf16 parameter, none moved)
+    mu = opt16.state[p16]["mu"]
+    assert torch.equal(mu.to(torch.bfloat16), p16.detach())
+    torch.testing.assert_close(mu, p32.detach(), rtol=0, atol=2e-3)  # bf16 spacing at 0.5 is 2**-9
+    torch.testing.assert_close(p16.float(), p32.detach(), rtol=0, atol=4e-3)
+
+
+def test_import_alice_does_not_import_the_compiler():
+    code = "import sys, alice; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
