@@ -87,6 +87,7 @@ def main():
     parser.add_argument("--optimizer", action="append", default=None)
     parser.add_argument("--periods", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--authors-repo", help="a checkout of sandialabs/alice: time the authors' code too")
     parser.add_argument("--log")
     args = parser.parse_args()
     device = "cuda"
@@ -113,6 +114,24 @@ def main():
                                passes=(3 + period - 1) / period if spec.needs_closure else 1.0)
         for _ in range(-(-(getattr(opt, "warmup_steps", 0) + 3) // period) * period):
             step()
+    if args.authors_repo:  # their step takes (model_func, loss_func) and runs backward itself
+        from pathlib import Path
+
+        from authors_code import load_authors_alice
+
+        TheirAlice = load_authors_alice(Path(args.authors_repo))
+        torch.manual_seed(0)
+        model, loss_fn = workload(args.model, device)
+        opt = TheirAlice(model.parameters(), lr=1e-3)
+
+        def evaluate(f=loss_fn):
+            with autocast:
+                return f()
+
+        step = lambda o=opt, e=evaluate: o.step((e, lambda out: out))  # noqa: E731
+        runs["sandialabs/alice"] = dict(model=model, opt=opt, step=step, closure=None, period=4, passes=1.5)
+        for _ in range(16):
+            step()
     torch.cuda.synchronize()
 
     def time_it(fn, n):
@@ -129,7 +148,7 @@ def main():
     for _ in range(args.repeats):
         for name, run in runs.items():
             times[name].append(time_it(run["step"], args.periods * run["period"]))
-        first = next(iter(runs.values()))
+        first = runs[specs[0].text]
         fwdbwd.append(time_it(first["closure"], 10))
         first["opt"].zero_grad()  # those gradients were for timing only
     rows, base = [], statistics.median(times[specs[0].text])
