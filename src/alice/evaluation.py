@@ -116,27 +116,38 @@ class Evaluations:
     def __init__(self, state: AliceState, scales: list[float], key: int, paths: list[dict]):
         self.buckets = state.buckets
         self.scales, self.key, self.paths = scales, key, paths
+        self.at_centre: list[bool] = []  # whether bucket i's parameters hold mu
         self.touched: list[list[bool]] = [[True] * len(b.params) for b in self.buckets]  # in every evaluation
         self.last: list[list[bool]] = [[] for _ in self.buckets]  # in the last one
 
     def gather(self) -> None:
-        """Read the parameters into ``held``: the centre ``mu`` (for half-precision
-        parameters, the float32 centre follows an edit of the parameter)."""
+        """Read into ``held`` the parameters edited since Alice last wrote them (all, at
+        first): ``held`` is the centre ``mu``. For half-precision parameters the float32
+        centre follows an edit of the parameter."""
+        self.at_centre = []
         for b in self.buckets:
-            _foreach_copy_(b.views(b.held), [p.detach() for p in b.params])
-            if b.half:
+            edited = b.edited()
+            _foreach_copy_([b.held_views[k] for k in edited], [b.params[k] for k in edited])
+            if b.half and edited:
                 b.buffers["mu"].copy_(_math.recentre(b.buffers["mu"], b.held))
+            self.at_centre.append(True)
 
     def restore(self) -> None:
         """Parameters back to ``held`` (the centre, or the new centre after the update)."""
-        for b in self.buckets:
-            _foreach_copy_([p.detach() for p in b.params], b.views(b.held))
+        for i, b in enumerate(self.buckets):
+            _foreach_copy_(b.params, b.held_views)
+            b.note_written()
+            self.at_centre[i] = True
 
     def move_to(self, direction: float) -> None:
         """Parameters to ``nu + direction * sigma z`` (``direction`` +1, -1 or 0)."""
-        for b, scale, path in zip(self.buckets, self.scales, self.paths):
-            point_(b.grads, b.mu, b.buffers["offset"], scale=direction * scale, key=self.key, base=b.base, **path)
-            _foreach_copy_([p.detach() for p in b.params], b.grad_tensors)
+        for i, (b, scale, path) in enumerate(zip(self.buckets, self.scales, self.paths)):
+            if direction == 0 and self.at_centre[i] and not b.half:
+                torch._foreach_add_(b.params, b.offset_views)  # nu = mu + offset, where the parameters hold mu
+            else:
+                point_(b.grads, b.mu, b.buffers["offset"], scale=direction * scale, key=self.key, base=b.base, **path)
+                _foreach_copy_(b.params, b.grad_tensors)
+            self.at_centre[i] = False
 
     def evaluate(self, closure: Callable[[], Any]) -> Any:
         """Run the closure with zeroed gradient buffers; record who got a gradient."""

@@ -26,8 +26,6 @@ few seconds then pays for itself); a flag set by the user always wins.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 from torch import Tensor
 
@@ -84,7 +82,7 @@ def alice_(
     parameters' dtype. ``segments`` are the parameters' ``(start, stop)`` within
     the run, for the single-tensor path.
     """
-    kwargs = dict(n=n, ok=ok, move=move, **asdict(scalars))
+    kwargs = dict(scalars.__dict__, n=n, ok=ok, move=move)
     tensors = (mu, offset, G, V, H, R, grad, grad_plus, grad_minus, out)
     if use_fused(fused, mu.numel(), mu.device, foreach):
         kernels.update_(tensors, kwargs)

@@ -72,6 +72,9 @@ class Bucket:
     grads: Tensor
     held: Tensor
     grad_tensors: list[Tensor] = field(default_factory=list)
+    held_views: list[Tensor] = field(default_factory=list)
+    offset_views: list[Tensor] = field(default_factory=list)
+    written: list[tuple[int, int]] = field(default_factory=list)  # params' (version, data_ptr) as last written
     plus: Tensor | None = None
     minus: Tensor | None = None
     history: list[int] = field(default_factory=list)  # participation class (host)
@@ -116,6 +119,16 @@ class Bucket:
                 p.grad = g
         self.versions = [g._version for g in self.grad_tensors]
 
+    def note_written(self) -> None:
+        """Remember the parameters as Alice left them (to see edits at the next step)."""
+        self.written = [(p._version, p.data_ptr()) for p in self.params]
+
+    def edited(self) -> list[int]:
+        """Indices of the parameters changed since :meth:`note_written` (all at first)."""
+        if not self.written:
+            return list(range(len(self.params)))
+        return [k for k, (p, seen) in enumerate(zip(self.params, self.written)) if (p._version, p.data_ptr()) != seen]
+
     def foreign_gradients(self) -> list[Tensor]:
         """Parameters whose gradient was written since Alice last looked: backward ran
         outside a step (or ``p.grad`` was replaced)."""
@@ -140,6 +153,7 @@ def _new_bucket(group: int, params: list[Tensor], indices: list[int], base: int)
         history=[0] * len(params), sampled=[False] * len(params),
     )
     bucket.grad_tensors = [_over(bucket.grads, a, p) for p, a in zip(params, starts)]
+    bucket.held_views, bucket.offset_views = bucket.views(held), bucket.views(buffers["offset"])
     if sdtype != dtype:
         torch._foreach_copy_(bucket.views(buffers.setdefault("mu", torch.empty(numel, dtype=sdtype, device=device))),
                              [p.detach() for p in params])

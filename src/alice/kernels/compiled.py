@@ -27,11 +27,15 @@ _AVAILABLE: dict[str, bool] = {}
 for good when compiling an Alice kernel fails later)."""
 
 
-def _limit():
+@functools.cache
+def _raise_recompile_limit() -> None:
     # One graph per mode (warm-up/move, sampling/quick), dtype and option set: more
-    # than dynamo's default limit of 8. (torch < 2.7 calls it cache_size_limit.)
+    # than dynamo's default limit of 8 once float32 and float64 groups meet. Raised
+    # once (a global setting; patching it per call would cost ~20 us each time).
+    # (torch < 2.7 calls it cache_size_limit.)
     config = torch._dynamo.config
-    return {"recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit": 64}
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))
 
 
 def _warn_fallback(device_type: str, err: Exception) -> None:
@@ -59,6 +63,7 @@ def available(device_type: str, warn: bool = True) -> bool:
 
 @functools.cache
 def _compile(fn):
+    _raise_recompile_limit()
     return torch.compile(fn, dynamic=True, fullgraph=True)
 
 
@@ -68,8 +73,7 @@ def _run(fn, args, kwargs):
     device_type = next(a for a in args if isinstance(a, torch.Tensor)).device.type
     if _AVAILABLE.get(device_type, True):
         try:
-            with torch._dynamo.config.patch(**_limit()):
-                return _compile(fn)(*args, **kwargs)
+            return _compile(fn)(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as err:  # raised before any write
             _AVAILABLE[device_type] = False
             _warn_fallback(device_type, err)
