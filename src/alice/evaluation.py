@@ -26,7 +26,7 @@ from . import _math
 from .functional import point_
 from .state import AliceState, Bucket
 
-__all__ = ["CLOSURE_HELP", "ClosureError", "Evaluations", "Replay", "loss_finite"]
+__all__ = ["CLOSURE_HELP", "ClosureError", "Evaluations", "Replay", "losses_finite"]
 
 
 class ClosureError(RuntimeError, TypeError, ValueError):
@@ -94,11 +94,13 @@ def check_loss(loss: Any) -> Any:
     raise ClosureError(f"The closure returned {what}; it must return the scalar loss.\n" + CLOSURE_HELP)
 
 
-def loss_finite(loss: Any, device: torch.device) -> Tensor:
-    """Whether ``loss`` is finite, as a 0-d bool tensor on ``device`` (no host sync)."""
-    if isinstance(loss, Tensor):
-        return torch.isfinite(loss.detach()).reshape(()).to(device, non_blocking=True)
-    return torch.tensor(math.isfinite(float(loss)), device=device)
+def losses_finite(losses: list[Any], device: torch.device) -> Tensor:
+    """Whether every loss is finite, as a 0-d bool tensor on ``device`` (no host sync)."""
+    tensors = [loss.detach().reshape(()).to(device, torch.float32, non_blocking=True)
+               for loss in losses if isinstance(loss, Tensor)]
+    numbers_ok = all(math.isfinite(float(loss)) for loss in losses if not isinstance(loss, Tensor))
+    ok = torch.isfinite(torch.stack(tensors)).all() if tensors else torch.ones((), dtype=torch.bool, device=device)
+    return ok if numbers_ok else ok & False
 
 
 def _foreach_copy_(dst: list[Tensor], src: list[Tensor]) -> None:

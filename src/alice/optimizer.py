@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from . import schedule as _schedule
 from ._rademacher import tensor_key
-from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, loss_finite
+from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, losses_finite
 from .functional import alice_, samples_ok
 from ._checkpoint import parse_state_dict
 from .state import STATE_KEYS, AliceState
@@ -388,31 +388,36 @@ class Alice(Optimizer):
         return loss
 
     def _update(self, ev: Evaluations, groups, active, losses, call: int, sampling: bool, replay) -> None:
-        """Average and move every run of active parameters, predicated on one device flag."""
+        """Average and move every run of active parameters, predicated on one device flag:
+        the losses and every gradient sample finite. With a single run (the usual case)
+        one compiled graph both decides and writes."""
         buckets = self._state.buckets
         device = buckets[0].device
         plan = []
-        flags = [loss_finite(loss, device) for loss in losses]
         for b, group, act, path in zip(buckets, groups, active, ev.paths):
             scalars = _schedule.step_scalars(group, self.quick_steps)
             for first, last in _runs(act, b.history):
                 a, z = b.starts[first], b.starts[last]
-                grads = [b.grads[a:z], *((b.plus[a:z], b.minus[a:z]) if sampling else (None, None))]
-                flags.append(samples_ok(*grads, scalars=scalars, **path).to(device, non_blocking=True))
+                grads = (b.grads[a:z], *((b.plus[a:z], b.minus[a:z]) if sampling else (None, None)))
                 plan.append((b, first, last, grads, scalars, path))
-        ok = flags[0] if len(flags) == 1 else torch.stack(flags).all()
-        oks = {device: ok}
+        ok = losses_finite(losses, device)
+        if len(plan) > 1:
+            flags = [ok, *(samples_ok(*grads, scalars=scalars, **path).to(device, non_blocking=True)
+                           for _b, _f, _l, grads, scalars, path in plan)]
+            ok = torch.stack(flags).all()
         classes: dict[int, int] = {}
         for b, first, last, grads, scalars, path in plan:
             a, z = b.starts[first], b.starts[last]
-            ok_here = oks.setdefault(b.device, ok.to(b.device, non_blocking=True))
-            out = b.held[a:z] if b.half else None
-            alice_(
+            used = alice_(
                 b.mu[a:z], *(b.buffers[key][a:z] for key in STATE_KEYS), *grads,
-                n=b.counts[first], ok=ok_here, move=call > self.warmup_steps and (sampling or b.sampled[first]),
-                scalars=scalars, out=out, segments=b.segments(first, last), **path,
+                n=b.counts[first], ok=ok.to(b.device, non_blocking=True),
+                move=call > self.warmup_steps and (sampling or b.sampled[first]),
+                scalars=scalars, out=b.held[a:z] if b.half else None, check=len(plan) == 1,
+                segments=b.segments(first, last), **path,
             )
-            b.counts[first:last].add_(ok_here)
+            if len(plan) == 1:
+                ok = used
+            b.counts[first:last].add_(used)
             new_class = classes.setdefault(b.history[first], self._state.new_class())
             for k in range(first, last):
                 b.history[k] = new_class
@@ -420,7 +425,7 @@ class Alice(Optimizer):
         ev.restore()
         if replay is not None and self.model is not None:
             replay.keep_if(ok)
-        self._skipped.add_(~ok)
+        self._skipped.add_(~ok.to(self._skipped.device, non_blocking=True))
         if self._skipped_seen is not None:
             self._skipped_seen.copy_(self._skipped, non_blocking=True)
         self._calls = call
