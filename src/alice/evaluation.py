@@ -153,15 +153,23 @@ class Evaluations:
 
     def evaluate(self, closure: Callable[[], Any]) -> Any:
         """Run the closure with zeroed gradient buffers; record who got a gradient."""
+        self.arm()
+        with torch.enable_grad():
+            loss = check_loss(closure())
+        self.collect()
+        return loss
+
+    def arm(self) -> None:
+        """Zeroed gradient buffers, with every ``p.grad`` over them: backward accumulates there."""
         for b in self.buckets:
             b.grads.zero_()
             b.point_grads_at_buffers()
-        with torch.enable_grad():
-            loss = check_loss(closure())
+
+    def collect(self) -> None:
+        """Record which parameters received a gradient since :meth:`arm`."""
         for i, b in enumerate(self.buckets):
             self.last[i] = self._collect(b)
             self.touched[i] = [t and u for t, u in zip(self.touched[i], self.last[i])]
-        return loss
 
     @staticmethod
     def _collect(b: Bucket) -> list[bool]:
