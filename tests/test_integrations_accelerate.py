@@ -13,6 +13,7 @@ from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 
 from alice import Alice, ClosureError  # noqa: E402
 from alice.integrations.accelerate import alice_step, micro_batch_closure  # noqa: E402
+from _integrations_util import one_thread  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ from torch import nn
 
 from alice import Alice, ClosureError
 from alice.integrations import ConsistentClip, at_center, find_alice
+from _integrations_util import one_thread  # noqa: E402,F401
 
 
 def make_model(seed=0):
