@@ -1,0 +1,155 @@
+"""Alice in Lightning (CPU): exact in 32-true and bf16-mixed with logging at the
+centre only; 16-mixed, accumulate_grad_batches and gradient_clip_val refused in
+closure mode with the fix (by AliceCallback, and by Alice itself where it can
+tell), and working in the closure-free mode; consistent clipping by the callback."""
+
+import pytest
+import torch
+from torch import nn
+
+L = pytest.importorskip("lightning.pytorch", reason="lightning is in the test extra")
+
+from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
+
+from alice import Alice, ClosureError  # noqa: E402
+from alice.integrations import find_alice  # noqa: E402
+from alice.integrations.lightning import AliceCallback, at_center, check_closure  # noqa: E402
+from _integrations_util import one_thread  # noqa: E402,F401
+
+
+class Module(L.LightningModule):
+    def __init__(self, closure_free=False, lr=2e-2, schedule=None, alice_cls=Alice):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+        self.closure_free, self.lr, self.schedule, self.alice_cls = closure_free, lr, schedule, alice_cls
+        self.evaluations, self.logged = [], []
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x).float(), y)
+        self.evaluations.append(self.optimizers().optimizer.evaluation)
+        if at_center(self):
+            self.logged.append(loss.item())
+            self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        opt = self.alice_cls(self.parameters(), lr=self.lr, seed=0, closure_free=self.closure_free)
+        if self.schedule is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.schedule(opt), "interval": "step"}}
+
+
+def loader(batch_size=32, n=256):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.1 * torch.randn(n, 1, generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+
+
+def fit(module, max_steps=16, batch_size=32, **kwargs):
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, **kwargs)
+    trainer.fit(module, loader(batch_size))
+    return trainer
+
+
+def full_loss(module):
+    x, y = next(iter(loader(256)))
+    with torch.no_grad():
+        return nn.functional.mse_loss(module.net(x), y).item()
+
+
+def fp16_scaler():
+    """Lightning turns 16-mixed into bf16-mixed on CPU; this plugin is what a GPU run gets."""
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_exact_alice_logs_only_at_the_centre(precision):
+    module = Module()
+    trainer = fit(module, max_steps=16, precision=precision, callbacks=[AliceCallback()])
+    # warm-up (10 sampling steps), then steps 12 and 16 sample: 12 * 3 + 4 evaluations
+    assert len(module.evaluations) == 12 * 3 + 4
+    assert module.evaluations[:4] == ["plus", "minus", "center", "plus"]
+    assert len(module.logged) == 16  # one logged loss per step, the one at nu
+    assert trainer.optimizers[0].steps == 16
+
+
+def test_a_warmup_from_lr_zero():
+    module = Module(schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 4)))
+    trainer = fit(module, max_steps=24)
+    assert trainer.optimizers[0].calls == 23  # the first step ran at lr 0 and did not count
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-2)
+
+
+REFUSALS = [  # (Trainer kwargs, what AliceCallback says, what Alice says without the callback)
+    (dict(plugins=[fp16_scaler()]), "bf16-mixed.*closure_free=True", "closure_free=True"),
+    (dict(accumulate_grad_batches=2), "accumulate_grad_batches=2.*closure_free=True", "inside the closure"),
+    (dict(gradient_clip_val=1.0), "AliceCallback\\(gradient_clip_val", None),
+]
+
+
+@pytest.mark.parametrize("kwargs, callback_says, alice_says", REFUSALS)
+def test_closure_mode_refusals_name_the_fix(kwargs, callback_says, alice_says):
+    with pytest.raises(ValueError, match=callback_says):
+        fit(Module(), callbacks=[AliceCallback()], **kwargs)
+    if alice_says is not None:  # Alice refuses these by itself at the first step
+        with pytest.raises(ClosureError, match=alice_says):
+            fit(Module(), **kwargs)
+
+
+class CheckingAlice(Alice):
+    """What Alice.step would do with the proposed first-step hook (see docs/integrations.md)."""
+
+    def step(self, closure=None):
+        check_closure(self, closure)
+        return super().step(closure)
+
+
+def test_check_closure_finds_the_trainer_behind_lightnings_closure():
+    with pytest.raises(ValueError, match="gradient_clip_val=1.0"):
+        fit(Module(alice_cls=CheckingAlice), gradient_clip_val=1.0)
+    fit(Module(alice_cls=CheckingAlice), max_steps=2, callbacks=[AliceCallback(gradient_clip_val=1.0)])
+
+
+def test_consistent_clipping_by_the_callback():
+    class Recording(Module):
+        def on_before_optimizer_step(self, optimizer):  # runs after the callback's clipping
+            norm = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in self.parameters()]))
+            self.norms.append((find_alice(optimizer).evaluation, norm.item()))
+
+    module = Recording()
+    module.norms = []
+    callback = AliceCallback(gradient_clip_val=1e-3)
+    fit(module, max_steps=2, callbacks=[callback])
+    plus, minus, center = module.norms[:3]
+    assert (plus[0], minus[0], center[0]) == ("plus", "minus", "center")
+    assert plus[1] == pytest.approx(1e-3, rel=1e-3)  # the first evaluation is clipped to max_norm ...
+    assert minus[1] != pytest.approx(1e-3, rel=1e-6)  # ... and the others by the same factor
+    assert callback.last_grad_norm > 1e-3
+    with pytest.raises(ValueError, match="set it to None"):
+        fit(Module(), callbacks=[AliceCallback(gradient_clip_val=1.0)], gradient_clip_val=1.0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(plugins=[fp16_scaler()]), dict(accumulate_grad_batches=2),
+                                    dict(gradient_clip_val=1.0)], ids=["16-mixed", "accumulate", "clip"])
+def test_closure_free_mode_runs_where_closure_mode_cannot(kwargs):
+    module = Module(closure_free=True, lr=5e-2)
+    before = full_loss(module)
+    trainer = fit(module, max_steps=60, batch_size=16, callbacks=[AliceCallback()], **kwargs)
+    opt = trainer.optimizers[0]
+    opt.eval()  # mu in the parameters
+    assert full_loss(module) < 0.8 * before
+    assert len(module.evaluations) == 60 * kwargs.get("accumulate_grad_batches", 1)
+
+
+def test_closure_free_accumulation_equals_the_full_batch():
+    finals = []
+    for batch_size, accumulate in ((32, 1), (16, 2)):
+        module = Module(closure_free=True)
+        trainer = fit(module, max_steps=20, batch_size=batch_size, accumulate_grad_batches=accumulate)
+        trainer.optimizers[0].eval()
+        finals.append(torch.cat([p.detach().reshape(-1) for p in module.parameters()]))
+    torch.testing.assert_close(finals[1], finals[0], rtol=1e-5, atol=1e-6)
