@@ -105,6 +105,12 @@ class AliceTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        missing = [m for m in ("_clip_grad_norm", "_get_grad_norm") if not hasattr(Trainer, m)]
+        if missing:
+            import transformers
+
+            raise RuntimeError(f"AliceTrainer needs transformers >= 5 (Trainer.{missing[0]} is missing in "
+                               f"transformers {transformers.__version__})")
         super().__init__(*args, **kwargs)
         self._micro_batches: list[tuple[Any, Any]] = []
         self._stepped = False
