@@ -271,11 +271,40 @@ class Alice(Optimizer):
         if not self._state.sync(self.param_groups) and self.state:
             return False
         self._publish_state()
+        self._warn_vanishing_perturbations()
         if self._state.buckets and self._skipped is None:
             self._skipped = torch.zeros((), dtype=torch.int64, device=self._state.buckets[0].device)
             if self._skipped.device.type == "cuda":
                 self._skipped_seen = torch.zeros((), dtype=torch.int64, pin_memory=True)
         return True
+
+    def _warn_vanishing_perturbations(self) -> None:
+        """Warn once when ``sigma = lr`` is below half the spacing of a half-precision
+        parameter's values for most of its elements: ``mu +- sigma z`` then rounds back to
+        ``mu``, the three gradients coincide and ``H`` and ``R`` read zero there."""
+        if getattr(self, "_warned_rounding", False):
+            return
+        for b in self._state.buckets:
+            if not b.half or not b.numel:
+                continue
+            sigma, mu = _schedule.as_float(self.param_groups[b.group]["lr"]), b.buffers["mu"]
+            exponent = torch.frexp(mu).exponent
+            spacing = torch.where(mu == 0, 0.0, torch.ldexp(torch.ones_like(mu), exponent - 1)) * torch.finfo(b.held.dtype).eps
+            vanishing = (sigma < spacing / 2).float()
+            shares = [float(v.mean()) for v in b.views(vanishing) if v.numel()]
+            worst = max(range(len(shares)), key=shares.__getitem__)
+            if shares[worst] > 0.5:
+                self._warned_rounding = True
+                warnings.warn(
+                    f"Alice: lr = sigma = {sigma:g} is below half the {b.held.dtype} spacing for "
+                    f"{100 * shares[worst]:.0f}% of the elements of a parameter of shape "
+                    f"{tuple(b.params[worst].shape)} (param group {b.group}): there mu +- sigma z rounds back "
+                    "to mu, the perturbed gradients equal the unperturbed one and H and R read zero. "
+                    "Keep float32 parameters and train under torch.autocast instead.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                return
 
     @property
     def calls(self) -> int:
