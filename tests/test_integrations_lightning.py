@@ -66,7 +66,7 @@ def fp16_scaler():
     return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true", "16-true"])
 def test_exact_alice_logs_only_at_the_centre(precision):
     module = Module()
     trainer = fit(module, max_steps=16, precision=precision, callbacks=[AliceCallback()])
