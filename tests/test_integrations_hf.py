@@ -124,3 +124,17 @@ def test_fp16_loss_scaling_is_refused_with_the_fix(tmp_path):
     trainer.accelerator.scaler = torch.amp.GradScaler("cpu")  # what fp16=True gives on a GPU
     with pytest.raises(ValueError, match="bf16=True.*closure_free=True"):
         trainer.train()
+
+
+def test_alice_trainer_resumes_from_a_checkpoint(tmp_path):
+    def run(max_steps, resume=None):
+        model = tiny_gpt2()
+        trainer = AliceTrainer(model=model, train_dataset=Counting(),
+                               args=args(tmp_path, max_steps=max_steps, save_strategy="steps", save_steps=7))
+        trainer.train(resume_from_checkpoint=resume)
+        return model, trainer
+
+    whole, trainer = run(14)
+    resumed, trainer2 = run(14, resume=str(tmp_path / "checkpoint-7"))
+    assert trainer2.optimizer.optimizer.calls == trainer.optimizer.optimizer.calls
+    torch.testing.assert_close(flat(resumed), flat(whole), rtol=1e-5, atol=1e-6)

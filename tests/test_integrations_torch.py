@@ -2,6 +2,9 @@
 accumulation by the loop, schedules that reach lr = 0, the closure-free mode's
 protocol, and the framework-free helpers of ``alice.integrations``."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -210,6 +213,13 @@ def test_schedules_that_reach_lr_zero(closure_free, schedule):
 
 
 # -- the helpers ------------------------------------------------------------------
+
+def test_importing_alice_and_its_integrations_package_imports_no_framework():
+    code = ("import sys, alice, alice.integrations; "
+            "loaded = [m for m in ('transformers', 'accelerate', 'lightning', 'pytorch_lightning', 'timm') "
+            "if m in sys.modules]; assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
 
 class Wrapper:  # stands for AcceleratedOptimizer / LightningOptimizer
     def __init__(self, optimizer):

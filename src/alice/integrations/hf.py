@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..optimizer import Alice
-from ._common import ConsistentClip, find_alice
+from ._common import ConsistentClip, _total_norm, find_alice
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -194,8 +194,7 @@ class AliceTrainer(Trainer):
         return super()._clip_grad_norm(model)
 
     def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
-        if self._stepped and grad_norm is None and self._norm is None:
-            grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
-            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
-                if grads else None
+        if self._stepped and grad_norm is None:  # no clipping: the norm at nu, where p.grad was taken
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = _total_norm(grads, 2.0) if grads else None
         return super()._get_grad_norm(model, grad_norm=grad_norm)

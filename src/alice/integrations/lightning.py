@@ -28,6 +28,14 @@ from typing import Any
 from ._common import ConsistentClip, find_alice
 from ._common import at_center as _at_center
 
+try:
+    from lightning.pytorch import Callback as _Callback
+except ImportError:  # the standalone package
+    try:
+        from pytorch_lightning import Callback as _Callback
+    except ImportError as error:
+        raise ImportError("alice.integrations.lightning needs Lightning: pip install alice-optimizer[lightning]") from error
+
 __all__ = ["AliceCallback", "at_center", "check_closure", "check_trainer"]
 
 _FIX_FREE = "or build the optimizer with Alice(..., closure_free=True) (an approximation; see docs/integrations.md)"
@@ -104,15 +112,6 @@ def check_closure(optimizer: Any, closure: Any) -> None:
     if trainer is not None:
         handled = any(isinstance(c, AliceCallback) and c.clip is not None for c in getattr(trainer, "callbacks", []))
         check_trainer(trainer, clipping_handled=handled)
-
-
-try:
-    from lightning.pytorch import Callback as _Callback
-except ImportError:  # the standalone package
-    try:
-        from pytorch_lightning import Callback as _Callback
-    except ImportError as error:
-        raise ImportError("alice.integrations.lightning needs Lightning: pip install lightning") from error
 
 
 class AliceCallback(_Callback):
