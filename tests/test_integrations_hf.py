@@ -138,3 +138,23 @@ def test_alice_trainer_resumes_from_a_checkpoint(tmp_path):
     resumed, trainer2 = run(14, resume=str(tmp_path / "checkpoint-7"))
     assert trainer2.optimizer.optimizer.calls == trainer.optimizer.optimizer.calls
     torch.testing.assert_close(flat(resumed), flat(whole), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.xfail(strict=False, reason="core: load_state_dict reads pending_sigma from the groups it stripped of "
+                   "counters, so a step planned before the scheduler changed the lr resumes with the new lr "
+                   "(fix in _checkpoint.parse_state_dict: read it from saved_groups)")
+def test_closure_free_trainer_resumes_from_a_checkpoint(tmp_path):
+    """The linear schedule changes the lr at every step, also inside a sampling step."""
+    def run(resume=None):
+        model = tiny_gpt2()
+        opt = Alice(model.parameters(), lr=2e-2, closure_free=True, seed=0)
+        trainer = Trainer(model=model, train_dataset=Counting(), optimizers=(opt, None),
+                          callbacks=[ClosureFreeCallback()],
+                          args=args(tmp_path, max_steps=40, save_strategy="steps", save_steps=20))
+        trainer.train(resume_from_checkpoint=resume)
+        return model, opt
+
+    whole, opt = run()
+    resumed, opt2 = run(resume=str(tmp_path / "checkpoint-20"))
+    assert (opt2.calls, opt2.evaluation) == (opt.calls, opt.evaluation)
+    torch.testing.assert_close(flat(resumed), flat(whole), rtol=1e-5, atol=1e-6)
