@@ -90,12 +90,15 @@ def full_loss(model, x, y, loss_fn) -> float:
 
 # -- part 2: training curves ---------------------------------------------------------------
 
+ALICE_KWARGS: dict = {}  # --alice key=value: the same Alice settings for both modes
+
+
 def train(task: str, mode: str, seed: int, warmup: bool) -> dict:
     x, y, xt, yt, make_model, loss_fn = load_task(task)
     cfg = TASKS[task]
     torch.manual_seed(seed)
     model = make_model()
-    opt = Alice(model.parameters(), lr=cfg["lr"], seed=seed, closure_free=(mode == "closure_free"))
+    opt = Alice(model.parameters(), **{"lr": cfg["lr"], **ALICE_KWARGS}, seed=seed, closure_free=(mode == "closure_free"))
     n = len(x)
     steps_per_epoch = math.ceil(n / cfg["batch"])
     total = cfg["epochs"] * steps_per_epoch
@@ -134,10 +137,10 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def part_train(seeds: int) -> list[dict]:
+def part_train(seeds: int, tasks=None, warmups=(False, True)) -> list[dict]:
     rows = []
-    for task in TASKS:
-        for warmup in (False, True):
+    for task in tasks or TASKS:
+        for warmup in warmups:
             runs = {mode: [train(task, mode, s, warmup) for s in range(seeds)] for mode in ("exact", "closure_free")}
             for mode, results in runs.items():
                 loss_m, loss_s = mean_std([r["train_loss"] for r in results])
@@ -296,15 +299,25 @@ def main() -> None:
     parser.add_argument("--part", choices=["noise", "train", "hf", "all"], default="all")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--alice", action="append", default=[], metavar="KEY=VALUE",
+                        help="an Alice argument for both modes (Python literal), e.g. grad_glass=False")
+    parser.add_argument("--task", action="append", choices=list(TASKS), help="train part: only these tasks")
+    parser.add_argument("--no-warmup", action="store_true", help="train part: constant lr only")
     args = parser.parse_args()
+    import ast
+
+    for pair in args.alice:
+        key, _, value = pair.partition("=")
+        ALICE_KWARGS[key] = ast.literal_eval(value)
     torch.set_num_threads(1)
     start = time.time()
-    print(f"# closure_free_distance: torch {torch.__version__}, CPU, 1 thread, seeds {args.seeds}")
+    print(f"# closure_free_distance: torch {torch.__version__}, CPU, 1 thread, seeds {args.seeds}, "
+          f"Alice settings {ALICE_KWARGS or 'default'}")
     out = {"torch": torch.__version__, "seeds": args.seeds, "tasks": TASKS}
     if args.part in ("noise", "all"):
         out["noise"] = part_noise(args.seeds)
     if args.part in ("train", "all"):
-        out["train"] = part_train(args.seeds)
+        out["train"] = part_train(args.seeds, args.task, (False,) if args.no_warmup else (False, True))
     if args.part in ("hf", "all"):
         out["hf"] = part_hf(args.seeds)
     print(f"\n({time.time() - start:.0f} s)")
