@@ -250,7 +250,7 @@ def probe(
         raise ValueError(f"Invalid optimizer: {type(optimizer).__name__} (must be an alice.Alice)")
 
     tensors = _gather(optimizer, names)
-    if not tensors:
+    if not tensors or optimizer.calls == 0:
         raise ValueError("Invalid optimizer: it holds no state yet (take at least one step before probing)")
     units = _units(tensors, layers)
     generator = torch.Generator().manual_seed(int(seed))
