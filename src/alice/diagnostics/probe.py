@@ -49,7 +49,7 @@ __all__ = ["DEFAULT_LENGTHS", "GLASS_COEFFICIENT", "MODELS", "ProbeReport", "Pro
 MODELS = ("linear", "hessian", "glass")
 """The three nested expected-loss models, (a), (b) and (c)."""
 
-DEFAULT_LENGTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
+DEFAULT_LENGTHS = (0.25, 0.5, 1.0, 2.0)
 """Multiples of Alice's current step at which the expected loss is measured."""
 
 GLASS_COEFFICIENT = math.sqrt(8 * _math.GLASS / 9)
@@ -107,9 +107,14 @@ class ProbeRow:
 
     @property
     def best(self) -> str:
-        """The model with the smallest error."""
+        """The simplest model whose error is within ``max(2 noise, 2% of it)`` of the smallest
+        error: a richer model has to earn its extra term by more than the draws' noise."""
         finite = {m: e for m, e in self.err.items() if math.isfinite(e)}
-        return min(finite, key=finite.get) if finite else "n/a"
+        if not finite:
+            return "n/a"
+        least = min(finite.values())
+        noise = self.noise if math.isfinite(self.noise) else 0.0
+        return next(m for m in MODELS if m in finite and finite[m] <= least + max(2 * noise, 0.02 * least))
 
 
 @dataclass
@@ -225,7 +230,7 @@ def probe(
             BatchNorm updates). Or give ``model``, ``loss_fn`` and ``batches`` instead,
             for :func:`held_loss`.
         lengths: multiples of Alice's current step to measure at (default
-            ``(0.25, 0.5, 1, 2, 4)``).
+            ``(0.25, 0.5, 1, 2)``).
         draws: Rademacher draws ``K`` of the perturbation ``sigma z`` (default 8).
         layers: ``"param"`` (a row per parameter tensor, default), ``"module"`` (a row
             per module: names up to the last dot) or ``"none"`` (the overall row only).

@@ -48,6 +48,8 @@ KEYS: dict[str, str] = {
     "glass_fraction": "mean over elements with G != 0 of (hopt - h - eps) / hopt: the share of the "
                       "optimal curvature hopt that the glass term makes, with h and rho as the step "
                       "uses them (0 on a smooth loss, -> 1 where kinks dominate)",
+    "glass_fraction_weighted": "the same share averaged with weights |G| t_b, each element's part of the "
+                               "linear decrease its bounded step promises (elements that barely move count little)",
     "clip_low": "share of elements with G != 0 whose step was raised to the lower bound: t < lower and t < upper",
     "clip_high": "share of elements with G != 0 whose step was set to the upper bound: not t < upper",
     "step_ratio_adam": "mean over elements with G != 0 of |Alice step| / |Adam-style step| = "
@@ -62,11 +64,11 @@ KEYS: dict[str, str] = {
 """Every key of :func:`diagnostics` and its definition (the docs repeat these with formulas)."""
 
 PER_PARAM_KEYS = ("rho_mean", "h_mean", "g_abs_mean", "g_zero_fraction",
-                  "glass_fraction", "clip_low", "clip_high", "step_ratio_adam")
+                  "glass_fraction", "glass_fraction_weighted", "clip_low", "clip_high", "step_ratio_adam")
 """The keys reported per tensor, as ``"<name>/<key>"``, with ``per_param=True``."""
 
 # Positions in each tensor's vector of device sums (one row per tensor, stacked once).
-_NUMEL, _RHO, _H, _G, _MOVING, _GLASS, _LOW, _HIGH, _RATIO = range(9)
+_NUMEL, _RHO, _H, _G, _MOVING, _GLASS, _LOW, _HIGH, _RATIO, _WGLASS, _WEIGHT = range(11)
 
 
 def param_names(opt, names=None) -> list[list[str]]:
@@ -113,7 +115,7 @@ def sampling_calls(calls: int, warmup: int, quick_steps: int) -> int:
 
 
 def _sums(entry: dict[str, Tensor], sc) -> Tensor:
-    """The nine sums of one tensor's state, as a float64 vector on its device."""
+    """The eleven sums of one tensor's state, as a float64 vector on its device."""
     G, V, H, R = entry["G"], entry["V"], entry["H"], entry["R"]
     g_abs = G.abs()
     h_est = _math.curvature(H, "rms" if sc.hess_comp == "rms" else "abs")
@@ -127,7 +129,9 @@ def _sums(entry: dict[str, Tensor], sc) -> Tensor:
     # h / hopt = h t / |G| (hopt = |G| / t where G != 0), so the glass share needs no new formula
     share = torch.where(moving, 1 - (h + sc.eps) * t / torch.where(moving, g_abs, 1), 0).clamp_(0, 1)
     adam = _math.step_scale(g_abs, V, sc.eps, "adam")
-    ratio = torch.where(moving, _math.bound(t, lower, upper) / torch.where(moving, adam, 1), 0)
+    bounded = _math.bound(t, lower, upper)
+    ratio = torch.where(moving, bounded / torch.where(moving, adam, 1), 0)
+    weight = g_abs * bounded
     sums = [
         torch.tensor(float(G.numel()), dtype=torch.float64, device=G.device),
         R.sum(dtype=torch.float64),
@@ -138,13 +142,15 @@ def _sums(entry: dict[str, Tensor], sc) -> Tensor:
         (moving & below_upper & (t < lower)).sum(),
         (moving & ~below_upper).sum(),
         ratio.sum(dtype=torch.float64),
+        (share * weight).sum(dtype=torch.float64),
+        weight.sum(dtype=torch.float64),
     ]
     return torch.stack([s.to(torch.float64) for s in sums])
 
 
 def _means(rows: list[list[float]], sigmas: list[float]) -> dict[str, float]:
     """The per-element means of :data:`PER_PARAM_KEYS` from summed rows."""
-    total = [sum(r[k] for r in rows) for k in range(9)]
+    total = [sum(r[k] for r in rows) for k in range(11)]
     with_lr = [(r, s) for r, s in zip(rows, sigmas) if s > 0]
     ratio_count = sum(r[_MOVING] for r, _ in with_lr)
     ratio_sum = sum(r[_RATIO] / s for r, s in with_lr)
@@ -155,6 +161,7 @@ def _means(rows: list[list[float]], sigmas: list[float]) -> dict[str, float]:
         "g_abs_mean": div(total[_G], total[_NUMEL]),
         "g_zero_fraction": div(total[_NUMEL] - total[_MOVING], total[_NUMEL]),
         "glass_fraction": div(total[_GLASS], total[_MOVING]),
+        "glass_fraction_weighted": div(total[_WGLASS], total[_WEIGHT]),
         "clip_low": div(total[_LOW], total[_MOVING]),
         "clip_high": div(total[_HIGH], total[_MOVING]),
         "step_ratio_adam": div(ratio_sum, ratio_count),
@@ -177,6 +184,7 @@ def diagnostics(opt, per_param: bool = False, names: Iterable[tuple[str, Any]] |
     * ``rho_mean`` = mean(R); ``h_mean`` = mean(H) (mean(sqrt H) for "rms");
       ``g_abs_mean`` = mean(|G|); ``g_zero_fraction`` = share of G == 0;
     * ``glass_fraction`` = mean over G != 0 of (hopt - h - eps) / hopt;
+      ``glass_fraction_weighted``: the same with weights |G| t_b;
     * ``clip_low`` = share of G != 0 with t < lower and t < upper;
       ``clip_high`` = share of G != 0 with not t < upper;
     * ``step_ratio_adam`` = mean over G != 0 of t_b / (lr |G| / (sqrt V + eps));
