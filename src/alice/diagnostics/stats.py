@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .. import _math
+from ..functional import use_fused
 from ..schedule import step_scalars
 
 __all__ = ["KEYS", "PER_PARAM_KEYS", "diagnostics", "param_names", "sampling_calls"]
@@ -67,8 +68,11 @@ PER_PARAM_KEYS = ("rho_mean", "h_mean", "g_abs_mean", "g_zero_fraction",
                   "glass_fraction", "glass_fraction_weighted", "clip_low", "clip_high", "step_ratio_adam")
 """The keys reported per tensor, as ``"<name>/<key>"``, with ``per_param=True``."""
 
-# Positions in each tensor's vector of device sums (one row per tensor, stacked once).
+# Positions in each tensor's row of sums (one row per tensor; the host sees them once).
 _NUMEL, _RHO, _H, _G, _MOVING, _GLASS, _LOW, _HIGH, _RATIO, _WGLASS, _WEIGHT = range(11)
+_CPU_SLICE = 1 << 18
+"""On CPU the statistics are computed in slices of this many elements, so that the
+formulas' temporaries stay in cache (as the optimizer's flat path does)."""
 
 
 def param_names(opt, names=None) -> list[list[str]]:
@@ -114,38 +118,108 @@ def sampling_calls(calls: int, warmup: int, quick_steps: int) -> int:
     return first + max(0, calls // period - first // period)
 
 
-def _sums(entry: dict[str, Tensor], sc) -> Tensor:
-    """The eleven sums of one tensor's state, as a float64 vector on its device."""
-    G, V, H, R = entry["G"], entry["V"], entry["H"], entry["R"]
+def _quantities(G, V, H, R, *, tau1, tau2, eps, hess_comp, grad_glass, limit_method) -> list[Tensor]:
+    """The ten per-element summands (positions ``_RHO .. _WEIGHT``) of one slice of state."""
     g_abs = G.abs()
-    h_est = _math.curvature(H, "rms" if sc.hess_comp == "rms" else "abs")
-    h = 0.0 if sc.hess_comp == "zero" else h_est
-    rho = R if sc.grad_glass else 0.0
-    t = _math.optimal_step(g_abs, rho, h, sc.eps)
-    scale = _math.step_scale(g_abs, V, sc.eps, sc.limit_method)
-    lower, upper = sc.tau1 * scale, sc.tau2 * scale
+    h_est = _math.curvature(H, "rms" if hess_comp == "rms" else "abs")
+    h = 0.0 if hess_comp == "zero" else h_est
+    t = _math.optimal_step(g_abs, R if grad_glass else 0.0, h, eps)
+    adam = _math.step_scale(g_abs, V, eps, "adam")
+    scale = adam if limit_method == "adam" else _math.step_scale(g_abs, V, eps, limit_method)
+    lower, upper = tau1 * scale, tau2 * scale
     moving = g_abs > 0
     below_upper = t < upper
-    # h / hopt = h t / |G| (hopt = |G| / t where G != 0), so the glass share needs no new formula
-    share = torch.where(moving, 1 - (h + sc.eps) * t / torch.where(moving, g_abs, 1), 0).clamp_(0, 1)
-    adam = _math.step_scale(g_abs, V, sc.eps, "adam")
     bounded = _math.bound(t, lower, upper)
-    ratio = torch.where(moving, bounded / torch.where(moving, adam, 1), 0)
+    safe = torch.where(moving, g_abs, 1)
+    # h / hopt = h t / |G| where G != 0 (hopt = |G| / t), so the glass share needs no new formula
+    share = torch.where(moving, 1 - (h + eps) * t / safe, 0).clamp(0, 1)
     weight = g_abs * bounded
-    sums = [
-        torch.tensor(float(G.numel()), dtype=torch.float64, device=G.device),
-        R.sum(dtype=torch.float64),
-        h_est.sum(dtype=torch.float64),
-        g_abs.sum(dtype=torch.float64),
-        moving.sum(),
-        share.sum(dtype=torch.float64),
-        (moving & below_upper & (t < lower)).sum(),
-        (moving & ~below_upper).sum(),
-        ratio.sum(dtype=torch.float64),
-        (share * weight).sum(dtype=torch.float64),
-        weight.sum(dtype=torch.float64),
+    as_float = lambda mask: mask.to(G.dtype)  # noqa: E731
+    return [
+        R, h_est, g_abs, as_float(moving), share,
+        as_float(moving & below_upper & (t < lower)), as_float(moving & ~below_upper),
+        torch.where(moving, bounded / torch.where(moving, adam, 1), 0), share * weight, weight,
     ]
-    return torch.stack([s.to(torch.float64) for s in sums])
+
+
+def _sums(G, V, H, R, tau1, tau2, **options) -> Tensor:
+    """The ten sums of one slice as a float64 vector (what the compiled kernel computes)."""
+    quantities = _quantities(G, V, H, R, tau1=tau1, tau2=tau2, **options)
+    return torch.stack([q.sum(dtype=torch.float64) for q in quantities])
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _fused_sums(flat: dict[str, Tensor], pieces, sc) -> list[Tensor] | None:
+    """:func:`_sums` compiled into one pass over ``G, V, H, R`` per piece ``(a, b)``, or
+    ``None`` where compiling fails (then the eager path runs, from then on)."""
+    device_type = flat["G"].device.type
+    if _COMPILED.get(device_type, True) is False:
+        return None
+    try:
+        if "fn" not in _COMPILED:
+            _COMPILED["fn"] = torch.compile(_sums, dynamic=True, fullgraph=True)
+        # the bounds follow the lr: as 0-d tensors they never cause a recompile
+        tau1, tau2 = (torch.tensor(v, dtype=torch.float64) for v in (sc.tau1, sc.tau2))
+        options = dict(eps=sc.eps, hess_comp=sc.hess_comp, grad_glass=sc.grad_glass, limit_method=sc.limit_method)
+        zero = torch.zeros(10, dtype=torch.float64, device=flat["G"].device)
+        return [_COMPILED["fn"](*(flat[k][a:b] for k in _STATE), tau1, tau2, **options) if b > a else zero
+                for a, b in pieces]
+    except torch._dynamo.exc.TorchDynamoException:
+        _COMPILED[device_type] = False
+        return None
+
+
+def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool | None) -> Tensor:
+    """Sums of one run of tensors whose state lies back to back: a float64 tensor of
+    ``(len(views), 11)`` rows with ``per_param``, else ``(1, 11)``, on their device."""
+    lengths = [v["G"].numel() for v in views]
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    total = starts[-1]
+    first = views[0]
+    flat = {k: first[k].as_strided((total,), (1,), first[k].storage_offset()) for k in _STATE}
+    device = first["G"].device
+    rows = len(views) if per_param else 1
+    acc = torch.zeros(rows, 11, dtype=torch.float64, device=device)
+    acc[:, _NUMEL] = torch.tensor(lengths if per_param else [total], dtype=torch.float64)
+    if use_fused(fused, total, device):
+        pieces = list(zip(starts, starts[1:])) if per_param else [(0, total)]
+        sums = _fused_sums(flat, pieces, sc)
+        if sums is not None:
+            acc[:, 1:] = torch.stack(sums)
+            return acc
+    options = dict(tau1=sc.tau1, tau2=sc.tau2, eps=sc.eps, hess_comp=sc.hess_comp, grad_glass=sc.grad_glass,
+                   limit_method=sc.limit_method)
+    step = _CPU_SLICE if device.type == "cpu" else max(total, 1)
+    for a in range(0, total, step):
+        b = min(a + step, total)
+        quantities = _quantities(*(flat[k][a:b] for k in _STATE), **options)
+        if per_param:
+            inside = [i for i in range(len(views)) if starts[i] < b and starts[i + 1] > a or (
+                lengths[i] == 0 and a <= starts[i] < b)]
+            lens = torch.tensor([min(b, starts[i + 1]) - max(a, starts[i]) for i in inside], device=device)
+            sums = torch.stack([torch.segment_reduce(q, "sum", lengths=lens) for q in quantities], dim=1)
+            acc[inside[0]: inside[-1] + 1, 1:] += sums.to(torch.float64)
+        else:
+            acc[0, 1:] += torch.stack([q.sum() for q in quantities]).to(torch.float64)
+    return acc
+
+
+_STATE = ("G", "V", "H", "R")
+
+
+def _adjacent(prev: dict[str, Tensor], nxt: dict[str, Tensor]) -> bool:
+    """Whether ``nxt``'s state continues ``prev``'s in the same flat buffers."""
+    for k in _STATE:
+        a, b = prev[k], nxt[k]
+        if (a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.dtype != b.dtype
+                or not (a.is_contiguous() and b.is_contiguous())
+                or b.storage_offset() != a.storage_offset() + a.numel()):
+            return False
+    return True
 
 
 def _means(rows: list[list[float]], sigmas: list[float]) -> dict[str, float]:
@@ -198,22 +272,31 @@ def diagnostics(opt, per_param: bool = False, names: Iterable[tuple[str, Any]] |
     if not hasattr(opt, "quick_steps") or not hasattr(opt, "param_groups"):
         raise ValueError(f"Invalid opt: {type(opt).__name__} (must be an alice.Alice optimizer)")
     labels = param_names(opt, names)
-    rows, sigmas, tensor_names = [], [], []
+    runs: list[tuple[list[dict[str, Tensor]], Any, dict, list[str]]] = []  # (views, scalars, group, names)
     for group, group_names in zip(opt.param_groups, labels):
         sc = step_scalars(group, opt.quick_steps)
+        previous = None
         for p, name in zip(group["params"], group_names):
             entry = opt.state.get(p)
             if not p.requires_grad or not entry or "G" not in entry:
+                previous = None
                 continue
-            rows.append(_sums(entry, sc))
-            sigmas.append(sc.sigma)
-            tensor_names.append(name)
-    calls, skipped = opt.calls, None
-    if rows:
-        device = rows[0].device
-        host = torch.stack([r.to(device, non_blocking=True) for r in rows]).tolist()  # the one sync
+            if previous is not None and _adjacent(previous, entry):
+                runs[-1][0].append(entry)
+                runs[-1][3].append(name)
+            else:
+                runs.append(([entry], sc, group, [name]))
+            previous = entry
+    sums = [_run_sums(views, sc, per_param, group.get("fused")) for views, sc, group, _ in runs]
+    if sums:
+        device = sums[0].device
+        host = torch.cat([s.to(device, non_blocking=True) for s in sums]).tolist()  # the one sync
     else:
         host = []
+    # one row per tensor (per_param) or per run, and the lr of each row
+    sigmas = [sc.sigma for views, sc, _, _ in runs for _ in (views if per_param else views[:1])]
+    tensor_names = [n for _, _, _, names_ in runs for n in names_]
+    calls = opt.calls
     skipped = opt.skipped_steps  # already on the host after the transfer above
     out = _means(host, sigmas)
     out.update(
