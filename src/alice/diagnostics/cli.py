@@ -2,7 +2,7 @@
 
 Trains a built-in task with Alice for each ``--act``, then reads the optimizer's
 statistics (:func:`alice.diagnostics.diagnostics`) and runs the model-fit probe
-(:func:`alice.diagnostics.probe`) on held data, and prints them side by side,
+(:func:`alice.diagnostics.probe`) on a fixed batch of training examples, and prints them side by side,
 with the smooth control (logistic regression) in the last column.
 
 ``add_parser(subparsers)`` adds the subcommand to ``alice``'s parser; ``main(argv)``
@@ -104,13 +104,14 @@ def train_and_probe(task, act: str, *, steps: int, lr: float, seed: int, draws: 
     stats = history[-1]
     model.eval()
     with torch.no_grad():
-        logits = model(held[0])
-        held_loss, held_acc = _loss_fn(logits, held[1]).item(), (logits.argmax(-1) == held[1]).float().mean().item()
+        x_val, y_val = splits.val.take(splits.val.eval_index())
+        logits = model(x_val)
+        val_loss, val_acc = _loss_fn(logits, y_val).item(), (logits.argmax(-1) == y_val).float().mean().item()
     model.train()
     report = probe(opt, model=model, loss_fn=_loss_fn, batches=[held], layers="module", draws=draws,
                    lengths=lengths, seed=seed)
-    return {"act": act, "stats": stats, "history": history, "report": report, "held_loss": held_loss,
-            "held_acc": held_acc, "train_seconds": seconds}
+    return {"act": act, "stats": stats, "history": history, "report": report, "val_loss": val_loss,
+            "val_acc": val_acc, "train_seconds": seconds}
 
 
 def _fmt(value) -> str:
@@ -124,8 +125,8 @@ def _fmt(value) -> str:
 def side_by_side(runs: list[tuple[str, dict]]) -> str:
     """The comparison table: one column per run."""
     lines_spec = [
-        ("held loss", lambda r: r["held_loss"]),
-        ("held accuracy", lambda r: r["held_acc"]),
+        ("val loss", lambda r: r["val_loss"]),
+        ("val accuracy", lambda r: r["val_acc"]),
         ("glass_fraction", lambda r: r["stats"]["glass_fraction"]),
         ("glass_fraction_weighted", lambda r: r["stats"]["glass_fraction_weighted"]),
         ("h_mean", lambda r: r["stats"]["h_mean"]),
@@ -199,7 +200,7 @@ def run_probe(task: str = "digits-mlp", acts=("relu", "gelu"), *, control: bool 
             runs.append((column, run))
     first = runs[0][1]
     out(f"alice probe: task {task} ({tasks[task].summary}), {first['steps']} Alice steps at lr {first['lr']:g}, "
-        f"seed {seed}; statistics of the last step, probe on {HELD_EXAMPLES} held examples at most")
+        f"seed {seed}; statistics of Alice's last step; probe on a fixed batch of {HELD_EXAMPLES} training examples")
     out("")
     out(side_by_side(runs))
     out("")
@@ -211,7 +212,7 @@ def run_probe(task: str = "digits-mlp", acts=("relu", "gelu"), *, control: bool 
         out(verdict(name, run))
     if json_path is not None:
         payload = [{"column": name, "task": r["task"], "act": r["act"], "lr": r["lr"], "steps": r["steps"],
-                    "held_loss": r["held_loss"], "held_acc": r["held_acc"], "stats": r["stats"],
+                    "val_loss": r["val_loss"], "val_acc": r["val_acc"], "stats": r["stats"],
                     "probe": r["report"].to_dict(prefix=""), "history": r["history"]} for name, r in runs]
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(payload, indent=1, allow_nan=True))
