@@ -70,9 +70,12 @@ PER_PARAM_KEYS = ("rho_mean", "h_mean", "g_abs_mean", "g_zero_fraction",
 
 # Positions in each tensor's row of sums (one row per tensor; the host sees them once).
 _NUMEL, _RHO, _H, _G, _MOVING, _GLASS, _LOW, _HIGH, _RATIO, _WGLASS, _WEIGHT = range(11)
+_STATE = ("G", "V", "H", "R")
 _CPU_SLICE = 1 << 18
-"""On CPU the statistics are computed in slices of this many elements, so that the
+"""On CPU the eager statistics are computed in slices of this many elements, so that the
 formulas' temporaries stay in cache (as the optimizer's flat path does)."""
+_GPU_SLICE = 1 << 22
+"""Elsewhere in slices of this many: few launches, and float32 counts within a slice stay exact."""
 
 
 def param_names(opt, names=None) -> list[list[str]]:
@@ -173,7 +176,8 @@ def _fused_sums(flat: dict[str, Tensor], pieces, sc) -> list[Tensor] | None:
 
 def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool | None) -> Tensor:
     """Sums of one run of tensors whose state lies back to back: a float64 tensor of
-    ``(len(views), 11)`` rows with ``per_param``, else ``(1, 11)``, on their device."""
+    ``(len(views), 11)`` rows with ``per_param``, else ``(1, 11)``, on their device
+    (the element counts, column ``_NUMEL``, are known on the host and left 0 here)."""
     lengths = [v["G"].numel() for v in views]
     starts = [0]
     for n in lengths:
@@ -183,8 +187,7 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
     flat = {k: first[k].as_strided((total,), (1,), first[k].storage_offset()) for k in _STATE}
     device = first["G"].device
     rows = len(views) if per_param else 1
-    acc = torch.zeros(rows, 11, dtype=torch.float64, device=device)
-    acc[:, _NUMEL] = torch.tensor(lengths if per_param else [total], dtype=torch.float64)
+    acc = torch.zeros(rows, 11, dtype=torch.float64, device=device)  # column _NUMEL is filled on the host
     if use_fused(fused, total, device):
         pieces = list(zip(starts, starts[1:])) if per_param else [(0, total)]
         sums = _fused_sums(flat, pieces, sc)
@@ -193,7 +196,7 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
             return acc
     options = dict(tau1=sc.tau1, tau2=sc.tau2, eps=sc.eps, hess_comp=sc.hess_comp, grad_glass=sc.grad_glass,
                    limit_method=sc.limit_method)
-    step = _CPU_SLICE if device.type == "cpu" else max(total, 1)
+    step = _CPU_SLICE if device.type == "cpu" else _GPU_SLICE
     for a in range(0, total, step):
         b = min(a + step, total)
         quantities = _quantities(*(flat[k][a:b] for k in _STATE), **options)
@@ -206,9 +209,6 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
         else:
             acc[0, 1:] += torch.stack([q.sum() for q in quantities]).to(torch.float64)
     return acc
-
-
-_STATE = ("G", "V", "H", "R")
 
 
 def _adjacent(prev: dict[str, Tensor], nxt: dict[str, Tensor]) -> bool:
@@ -293,6 +293,13 @@ def diagnostics(opt, per_param: bool = False, names: Iterable[tuple[str, Any]] |
         host = torch.cat([s.to(device, non_blocking=True) for s in sums]).tolist()  # the one sync
     else:
         host = []
+    counts = [v["G"].numel() for views, _, _, _ in runs for v in views]
+    if not per_param:
+        counts = []
+        for views, _, _, _ in runs:
+            counts.append(sum(v["G"].numel() for v in views))
+    for row, count in zip(host, counts):
+        row[_NUMEL] = float(count)
     # one row per tensor (per_param) or per run, and the lr of each row
     sigmas = [sc.sigma for views, sc, _, _ in runs for _ in (views if per_param else views[:1])]
     tensor_names = [n for _, _, _, names_ in runs for n in names_]
