@@ -51,7 +51,8 @@ def train(loss_of, x0, steps, **kwargs):
 def spread(lo, hi, n=D, dtype=torch.float32):
     """``n`` values log-spaced in [lo, hi], in a fixed shuffled order."""
     g = torch.Generator().manual_seed(1)
-    return torch.logspace(math.log10(lo), math.log10(hi), n, dtype=torch.float64)[torch.randperm(n, generator=g)].to(dtype)
+    values = torch.logspace(math.log10(lo), math.log10(hi), n, dtype=torch.float64)
+    return values[torch.randperm(n, generator=g)].to(dtype)
 
 
 def uniform(lo, hi, n=D, dtype=torch.float32, seed=2):

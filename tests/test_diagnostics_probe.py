@@ -108,7 +108,8 @@ def test_per_layer_rows_add_up_on_a_separable_loss_and_parameters_are_restored()
     assert [r.name for r in report.rows] == ["all", "u", "v"]
     rows = {r.name: r for r in report.rows}
     for j in range(len(report.lengths)):
-        assert rows["all"].measured[j] == pytest.approx(rows["u"].measured[j] + rows["v"].measured[j], rel=1e-9, abs=1e-12)
+        parts = rows["u"].measured[j] + rows["v"].measured[j]
+        assert rows["all"].measured[j] == pytest.approx(parts, rel=1e-9, abs=1e-12)
         for m in MODELS:
             assert rows["all"].predicted[m][j] == pytest.approx(
                 rows["u"].predicted[m][j] + rows["v"].predicted[m][j], rel=1e-12)

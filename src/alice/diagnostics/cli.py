@@ -200,7 +200,8 @@ def run_probe(task: str = "digits-mlp", acts=("relu", "gelu"), *, control: bool 
             runs.append((column, run))
     first = runs[0][1]
     out(f"alice probe: task {task} ({tasks[task].summary}), {first['steps']} Alice steps at lr {first['lr']:g}, "
-        f"seed {seed}; statistics of Alice's last step; probe on a fixed batch of {HELD_EXAMPLES} training examples")
+        f"seed {seed}; statistics of Alice's last step; probe on a fixed batch of up to {HELD_EXAMPLES} "
+        "training examples")
     out("")
     out(side_by_side(runs))
     out("")
@@ -234,11 +235,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Train a small task with Alice for each activation, then print Alice's step statistics "
         "and the model-fit probe (linear, + Hessian, + glass) side by side, with a smooth control.",
     )
-    parser.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp; logreg is the smooth control)")
+    parser.add_argument("--task", default="digits-mlp",
+                        help="task name (default digits-mlp; logreg is the smooth control)")
     parser.add_argument("--act", nargs="+", default=["relu", "gelu"], choices=["relu", "gelu"],
                         help="activations to compare (default: relu gelu)")
     parser.add_argument("--steps", type=_positive_int, default=None, help="Alice steps (default: the task's)")
-    parser.add_argument("--lr", type=_positive_float, default=None, help=f"Alice lr, the perturbation length sigma (default {PROBE_LR:g} for every column)")
+    parser.add_argument("--lr", type=_positive_float, default=None,
+                        help=f"Alice lr, the perturbation length sigma (default {PROBE_LR:g} for every column)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the batches and the probe")
     parser.add_argument("--draws", type=_positive_int, default=8, help="Rademacher draws of the probe (default 8)")
     parser.add_argument("--lengths", type=_positive_float, nargs="+", default=None,

@@ -243,7 +243,9 @@ def _means(rows: list[list[float]], sigmas: list[float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def diagnostics(opt, per_param: bool = False, names: Iterable[tuple[str, Any]] | Mapping | None = None) -> dict[str, float]:
+def diagnostics(
+    opt, per_param: bool = False, names: Iterable[tuple[str, Any]] | Mapping | None = None
+) -> dict[str, float]:
     """Statistics of ``opt``'s last step, as a flat dict of Python floats.
 
     ``opt`` is an :class:`alice.Alice`. The overall keys (:data:`KEYS`) average over
