@@ -306,6 +306,14 @@ class Alice(Optimizer):
                 )
                 return
 
+    def diagnostics(self, per_param: bool = False, names=None) -> dict[str, float]:
+        """Statistics of the last step, as plain floats (the one host sync is here):
+        glass and Hessian terms, clip fractions, the ratio to an Adam step, counters;
+        see :func:`alice.diagnostics.diagnostics` and ``docs/diagnostics.md``."""
+        from .diagnostics import diagnostics
+
+        return diagnostics(self, per_param, names)
+
     @property
     def calls(self) -> int:
         """Calls of ``step()`` so far that advanced the sampling schedule."""
