@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import distributed as _dist
 from . import schedule as _schedule
 from ._rademacher import tensor_key
 from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, loss_finite
@@ -105,7 +106,11 @@ class Alice(Optimizer):
         grad_glass: include the glass term (default True).
         quick_steps: one-gradient steps between two sampling steps (default 3); global.
         seed: seed of the counter-based Rademacher signs (default: drawn once from
-            torch's global RNG, so ``torch.manual_seed`` makes runs reproducible).
+            torch's global RNG, so ``torch.manual_seed`` makes runs reproducible). When a
+            process group is initialised, every rank uses rank 0's seed (drawn or given;
+            a different explicit seed on another rank raises ``ValueError``), and a step
+            is skipped on every rank when any rank sees a non-finite value: see
+            ``alice.distributed`` and ``docs/distributed.md``.
         model: optional module whose buffers (BatchNorm running statistics) must change
             as in one ordinary training step, from the evaluation at :math:`\nu`. Without
             it, a sampling step's three forward passes each update them (as in the
@@ -163,7 +168,7 @@ class Alice(Optimizer):
         fused: bool | None = None,
     ):
         quick_steps = _schedule.check_quick_steps(quick_steps)
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if seed is None else _schedule.check_seed(seed)
+        seed = _dist.agree_seed(None if seed is None else _schedule.check_seed(seed))  # rank 0's, if distributed
         if model is not None and not isinstance(model, torch.nn.Module):
             raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module or None)")
         defaults = dict(
@@ -401,6 +406,7 @@ class Alice(Optimizer):
                 flags.append(samples_ok(*grads, scalars=scalars, **path).to(device, non_blocking=True))
                 plan.append((b, first, last, grads, scalars, path))
         ok = flags[0] if len(flags) == 1 else torch.stack(flags).all()
+        ok = _dist.agree_flag(ok)  # with several ranks: every rank takes the step, or none does
         oks = {device: ok}
         classes: dict[int, int] = {}
         for b, first, last, grads, scalars, path in plan:
