@@ -169,8 +169,11 @@ def shard_of(value: Tensor, p: Tensor) -> Tensor:
     to this rank's shard of ``p``: a DTensor's local tensor, or the matching
     slice of a full tensor; ``value`` itself when ``p`` is not a DTensor."""
     if is_dtensor(value):
-        return value.to_local() if not is_dtensor(p) or value.placements == p.placements \
-            else value.redistribute(p.device_mesh, p.placements).to_local()
+        if not is_dtensor(p):
+            return value.full_tensor()
+        if value.device_mesh != p.device_mesh or value.placements != p.placements:
+            value = value.redistribute(p.device_mesh, p.placements)
+        return value.to_local()
     if not is_dtensor(p):
         return value
     start, shape = global_offset(p), local_tensor(p).shape
