@@ -70,7 +70,7 @@ def save(model, opt, path):
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, opt)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
+    dcp.save({"model": model_state, "optim": optim_state}, storage_writer=dcp.FileSystemWriter(path, overwrite=True))
     gpt.log(dist.get_rank(), f"saved {path}")
 
 
