@@ -199,3 +199,16 @@ def test_import_alice_does_not_import_the_compiler():
     code = "import sys, alice; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_perturbation_below_half_precision_spacing_is_warned_about():
+    """bf16 weights near 1 with lr = 1e-3: 1 +- 1e-3 rounds back to 1 (spacing 2**-7)."""
+    layer = nn.LayerNorm(64).to(torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match=r"below half the torch.bfloat16 spacing for 100% .*autocast"):
+        Alice(layer.parameters(), lr=1e-3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Alice(layer.parameters(), lr=1e-2)  # 1 +- 1e-2 moves: no warning
+        Alice(nn.LayerNorm(64).parameters(), lr=1e-3)  # float32: no warning

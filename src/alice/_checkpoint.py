@@ -11,6 +11,7 @@ previous one (format 1: ``nu`` per parameter, counters under ``"alice"``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from . import distributed as _dist
 from . import schedule as _schedule
 from .state import AVERAGES, AliceState, state_dtype
 
-_GROUP_COUNTERS = ("seed", "calls", "skipped_steps")
+_GROUP_COUNTERS = ("seed", "calls", "skipped_steps", "phase", "pending_sigma")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Loaded:
     seed: int
     calls: int
     skipped: int
+    phase: str  # closure-free mode: the evaluation the parameters were positioned for
+    sigmas: list[float]  # closure-free mode: each group's perturbation length of the pending step
 
 
 def _fail(message: str):
@@ -136,11 +139,23 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
             step = _count(f"step of parameter id {pid!r}", entry["step"])
         if dtype != p.dtype:
             record["mu"] = take("mu") if "mu" in entry else local.to(dtype)
+        elif "mu" in entry:  # closure-free mode saves the centre of every parameter
+            record["mu"] = take("mu")
+        for key in ("grad_plus", "grad_minus"):  # closure-free mode, saved within a sampling step
+            if key in entry:
+                record[key] = _tensor(f"state {key!r} of parameter id {pid!r}", entry[key], p).to(
+                    device=local.device, dtype=p.dtype, copy=True)
         sampled = entry.get("sampled", step > 0)
         if not isinstance(sampled, bool):
             _fail(f"'sampled' of parameter id {pid!r} is {sampled!r} (must be a bool)")
         record.update(step=torch.tensor(float(step), dtype=torch.float64, device=p.device), sampled=sampled,
                       history=classes.setdefault((step, sampled), state.new_class()))
         records[id(p)] = record
-    return Loaded(groups, records, quick_steps, seed, calls, skipped)
+    phase = saved_groups[0].get("phase", "center") if saved_groups else "center"
+    if phase not in ("plus", "minus", "center"):
+        _fail(f"phase is {phase!r} (must be 'plus', 'minus' or 'center')")
+    sigmas = [g.get("pending_sigma", _schedule.as_float(g["lr"])) for g in groups]
+    if any(not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in sigmas):
+        _fail(f"pending_sigma is {sigmas!r} (must be finite numbers >= 0)")
+    return Loaded(groups, records, quick_steps, seed, calls, skipped, phase, sigmas)
 

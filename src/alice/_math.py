@@ -154,7 +154,7 @@ def _state_dtype(t):
 
 
 def update_(
-    mu, offset, G, V, H, R, g0, gp, gm, out, *, n, ok, move,
+    mu, offset, G, V, H, R, g0, gp, gm, out, *, n, ok, move, check,
     sigma, beta1, beta2, beta3, eps, w1, w2, phi, omega, tau1, tau2, hess_comp, grad_glass, limit_method,
 ):
     """One Alice step on elementwise operands, written in place and only where ``ok``.
@@ -166,8 +166,11 @@ def update_(
     is taken (both 0-d tensors, so the decision never leaves the device). With
     ``move`` the centre and the look-ahead move by the bounded step, else (warm-up)
     they stay. ``out`` (or ``None``) receives the new centre in the parameters'
-    dtype.
+    dtype. With ``check``, ``ok`` is first narrowed by :func:`samples_finite` of these
+    gradients (one compiled graph then decides and writes). Returns the ``ok`` used.
     """
+    if check:
+        ok = ok & samples_finite(g0, gp, gm, sigma=sigma, w2=w2, hess_comp=hess_comp)
     n = n + 1
     keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
     dtype = G.dtype
@@ -190,3 +193,4 @@ def update_(
         mu.copy_(keep(new_mu, mu))
     if out is not None:
         out.copy_(mu)
+    return ok

@@ -27,7 +27,7 @@ from . import distributed as _dist
 from .functional import point_
 from .state import AliceState, Bucket
 
-__all__ = ["CLOSURE_HELP", "ClosureError", "Evaluations", "Replay", "loss_finite"]
+__all__ = ["CLOSURE_HELP", "ClosureError", "Evaluations", "Replay", "losses_finite"]
 
 
 class ClosureError(RuntimeError, TypeError, ValueError):
@@ -95,11 +95,13 @@ def check_loss(loss: Any) -> Any:
     raise ClosureError(f"The closure returned {what}; it must return the scalar loss.\n" + CLOSURE_HELP)
 
 
-def loss_finite(loss: Any, device: torch.device) -> Tensor:
-    """Whether ``loss`` is finite, as a 0-d bool tensor on ``device`` (no host sync)."""
-    if isinstance(loss, Tensor):
-        return torch.isfinite(loss.detach()).reshape(()).to(device, non_blocking=True)
-    return torch.tensor(math.isfinite(float(loss)), device=device)
+def losses_finite(losses: list[Any], device: torch.device) -> Tensor:
+    """Whether every loss is finite, as a 0-d bool tensor on ``device`` (no host sync)."""
+    tensors = [loss.detach().reshape(()).to(device, torch.float32, non_blocking=True)
+               for loss in losses if isinstance(loss, Tensor)]
+    numbers_ok = all(math.isfinite(float(loss)) for loss in losses if not isinstance(loss, Tensor))
+    ok = torch.isfinite(torch.stack(tensors)).all() if tensors else torch.ones((), dtype=torch.bool, device=device)
+    return ok if numbers_ok else ok & False
 
 
 def _foreach_copy_(dst: list[Tensor], src: list[Tensor]) -> None:
@@ -158,15 +160,23 @@ class Evaluations:
 
     def evaluate(self, closure: Callable[[], Any]) -> Any:
         """Run the closure with zeroed gradient buffers; record who got a gradient."""
+        self.arm()
+        with torch.enable_grad():
+            loss = check_loss(closure())
+        self.collect()
+        return loss
+
+    def arm(self) -> None:
+        """Zeroed gradient buffers, with every ``p.grad`` over them: backward accumulates there."""
         for b in self.buckets:
             b.grads.zero_()
             b.point_grads_at_buffers()
-        with torch.enable_grad():
-            loss = check_loss(closure())
+
+    def collect(self) -> None:
+        """Record which parameters received a gradient since :meth:`arm`."""
         for i, b in enumerate(self.buckets):
             self.last[i] = self._collect(b)
             self.touched[i] = [t and u for t, u in zip(self.touched[i], self.last[i])]
-        return loss
 
     @staticmethod
     def _collect(b: Bucket) -> list[bool]:

@@ -68,9 +68,9 @@ def _cut(t, a, b):
 def alice_(
     mu: Tensor, offset: Tensor, G: Tensor, V: Tensor, H: Tensor, R: Tensor,
     grad: Tensor, grad_plus: Tensor | None, grad_minus: Tensor | None, *,
-    n: Tensor, ok: Tensor, move: bool, scalars: StepScalars, out: Tensor | None = None,
+    n: Tensor, ok: Tensor, move: bool, scalars: StepScalars, out: Tensor | None = None, check: bool = False,
     segments: list[tuple[int, int]] | None = None, foreach: bool | None = None, fused: bool | None = None,
-) -> None:
+) -> Tensor:
     """Average the gradients into ``G, V`` (and ``H, R`` on a sampling step) and move.
 
     All tensors are 1-D and of one length: ``mu`` the centre and ``offset`` the
@@ -80,15 +80,19 @@ def alice_(
     says whether this one is taken: every write is predicated on it, so a skip
     needs no host sync. ``out`` (optional) receives the new centre in the
     parameters' dtype. ``segments`` are the parameters' ``(start, stop)`` within
-    the run, for the single-tensor path.
+    the run, for the single-tensor path. With ``check``, ``ok`` is narrowed first by
+    :func:`samples_ok` of these gradients. Returns the ``ok`` used.
     """
-    kwargs = dict(scalars.__dict__, n=n, ok=ok, move=move)
+    kwargs = dict(scalars.__dict__, n=n, ok=ok, move=move, check=check)
     tensors = (mu, offset, G, V, H, R, grad, grad_plus, grad_minus, out)
     if use_fused(fused, mu.numel(), mu.device, foreach):
-        kernels.update_(tensors, kwargs)
-        return
-    for a, b in _slices(mu.numel(), mu.device, segments, foreach):
-        _math.update_(*(_cut(t, a, b) for t in tensors), **kwargs)
+        return kernels.update_(tensors, kwargs)
+    pieces = _slices(mu.numel(), mu.device, segments, foreach)
+    if check and len(pieces) > 1:  # the decision must cover every piece before any is written
+        kwargs.update(check=False, ok=ok & samples_ok(grad, grad_plus, grad_minus, scalars=scalars, foreach=foreach))
+    for a, b in pieces:
+        used = _math.update_(*(_cut(t, a, b) for t in tensors), **kwargs)
+    return used
 
 
 def point_(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, replace
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch.optim import Optimizer
 from . import distributed as _dist
 from . import schedule as _schedule
 from ._rademacher import tensor_key
-from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, loss_finite
+from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, check_loss, losses_finite
 from .functional import alice_, samples_ok
 from ._checkpoint import parse_state_dict
 from .state import STATE_KEYS, AliceState
@@ -30,6 +31,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _FORMAT = 2
 """Version of the state dict layout (1: ``nu`` per parameter and counters under ``"alice"``)."""
+
+
+_DIRECTION = {"plus": 1.0, "minus": -1.0, "center": 0.0}
+
+
+@dataclass
+class _Call:
+    """One Alice step in progress: its groups and lrs, count, kind and evaluations."""
+
+    groups: list[dict]
+    lrs: list[float]
+    advancing: bool  # some group has lr > 0 (else nothing changes and nothing counts)
+    call: int
+    sampling: bool
+    ev: Evaluations
 
 
 def _runs(active: list[bool], history: list[int]) -> list[tuple[int, int]]:
@@ -164,6 +180,7 @@ class Alice(Optimizer):
         *,
         seed: int | None = None,
         model: torch.nn.Module | None = None,
+        closure_free: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
     ):
@@ -180,11 +197,16 @@ class Alice(Optimizer):
         _schedule.check_group(defaults, quick_steps)
         self.quick_steps = quick_steps
         self.warmup_steps = _schedule.warmup_steps(defaults["betas"][0])
+        if not isinstance(closure_free, bool):
+            raise ValueError(f"Invalid closure_free: {closure_free!r} (must be a bool)")
         self.seed = seed
         self.model = model
+        self.closure_free = closure_free
         self._init_counters()
         super().__init__(params, defaults)
         self._sync_state()
+        if closure_free:
+            self._position(new=True)
 
     def _init_counters(self) -> None:
         self._calls = 0  # calls of step() that advanced the schedule
@@ -193,6 +215,11 @@ class Alice(Optimizer):
         self._skipped_seen: Tensor | None = None  # a host copy, refreshed without waiting
         self._warned = 0
         self._in_step = False
+        self.evaluation: str | None = None  # "plus", "minus" or "center": the point being evaluated
+        self._pending: _Call | None = None  # closure-free mode: the Alice step in progress
+        self._phase = "center"  # closure-free mode: which of its gradients comes next
+        self._training = True
+        self._losses: list = []
 
     @classmethod
     def preset(cls, name: str, params, **kwargs) -> Alice:
@@ -228,11 +255,13 @@ class Alice(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:  # pickle, deepcopy
         return {"defaults": self.defaults, "model": self.model, "quick_steps": self.quick_steps,
-                "seed": self.seed, "param_groups": self.param_groups, "state_dict": self.state_dict()}
+                "seed": self.seed, "closure_free": self.closure_free, "param_groups": self.param_groups,
+                "state_dict": self.state_dict()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(defaults=state["defaults"], model=state["model"], quick_steps=state["quick_steps"],
-                             seed=state["seed"], param_groups=state["param_groups"])
+                             seed=state["seed"], param_groups=state["param_groups"],
+                             closure_free=state.get("closure_free", False))
         self.warmup_steps = _schedule.warmup_steps(self.defaults["betas"][0])
         self._init_counters()
         super().__setstate__({"state": {}, "param_groups": self.param_groups})
@@ -241,16 +270,46 @@ class Alice(Optimizer):
 
     # -- state ------------------------------------------------------------------
 
-    def _sync_state(self) -> None:
+    def _sync_state(self) -> bool:
         """Rebuild the flat buffers if the trainable parameters changed, and point
-        ``self.state`` at their per-parameter views."""
+        ``self.state`` at their per-parameter views; returns whether it rebuilt."""
         if not self._state.sync(self.param_groups) and self.state:
-            return
+            return False
         self._publish_state()
+        self._warn_vanishing_perturbations()
         if self._state.buckets and self._skipped is None:
             self._skipped = torch.zeros((), dtype=torch.int64, device=self._state.buckets[0].device)
             if self._skipped.device.type == "cuda":
                 self._skipped_seen = torch.zeros((), dtype=torch.int64, pin_memory=True)
+        return True
+
+    def _warn_vanishing_perturbations(self) -> None:
+        """Warn once when ``sigma = lr`` is below half the spacing of a half-precision
+        parameter's values for most of its elements: ``mu +- sigma z`` then rounds back to
+        ``mu``, the three gradients coincide and ``H`` and ``R`` read zero there."""
+        if getattr(self, "_warned_rounding", False):
+            return
+        for b in self._state.buckets:
+            if not b.half or not b.numel:
+                continue
+            sigma, mu = _schedule.as_float(self.param_groups[b.group]["lr"]), b.buffers["mu"]
+            exponent = torch.frexp(mu).exponent
+            spacing = torch.where(mu == 0, 0.0, torch.ldexp(torch.ones_like(mu), exponent - 1)) * torch.finfo(b.held.dtype).eps
+            vanishing = (sigma < spacing / 2).float()
+            shares = [float(v.mean()) for v in b.views(vanishing) if v.numel()]
+            worst = max(range(len(shares)), key=shares.__getitem__)
+            if shares[worst] > 0.5:
+                self._warned_rounding = True
+                warnings.warn(
+                    f"Alice: lr = sigma = {sigma:g} is below half the {b.held.dtype} spacing for "
+                    f"{100 * shares[worst]:.0f}% of the elements of a parameter of shape "
+                    f"{tuple(b.params[worst].shape)} (param group {b.group}): there mu +- sigma z rounds back "
+                    "to mu, the perturbed gradients equal the unperturbed one and H and R read zero. "
+                    "Keep float32 parameters and train under torch.autocast instead.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                return
 
     @property
     def calls(self) -> int:
@@ -332,24 +391,33 @@ class Alice(Optimizer):
         if self._in_step:
             raise ClosureError("Alice.step() was called from inside its own closure; the closure "
                                "must only evaluate the model and call backward().")
-        if closure is None or not callable(closure):
-            raise ClosureError(f"Alice.step() got closure={closure!r}.\n" + CLOSURE_HELP)
+        if closure is not None and not callable(closure):
+            raise ClosureError(f"Alice.step() got closure={closure!r}, which is not callable.\n" + CLOSURE_HELP)
+        if closure is None and not self.closure_free:
+            raise ClosureError(
+                "Alice.step() got no closure. Either pass one (exact Alice), or, for training loops that "
+                "call step() themselves (HF Trainer, timm, GradScaler, accumulation by the loop), build "
+                "the optimizer with Alice(..., closure_free=True), an approximation documented in the "
+                "README.\n" + CLOSURE_HELP
+            )
         for i, group in enumerate(self.param_groups):  # schedulers and users may have changed them
             _schedule.check_group(group, self.quick_steps, where=f"param group {i}: ")
-        self._sync_state()
+        if self._sync_state() and self.closure_free:
+            self._position(new=True)  # the trainable parameters changed: start a fresh step
         self._warn_skips()
-        self._refuse_outside_gradients()
         self._in_step = True
         try:
+            if self.closure_free:
+                return self._consume(closure)
+            self._refuse_outside_gradients()
             return self._step(closure)
         finally:
             self._in_step = False
 
-    def _step(self, closure: Callable[[], Any]) -> Any:
+    def _begin(self) -> _Call:
+        """Plan the next Alice step: its count, whether it samples, and its evaluations
+        (the centre gathered from the parameters)."""
         buckets = self._state.buckets
-        if not buckets:
-            with torch.enable_grad():
-                return closure()
         groups = [self.param_groups[b.group] for b in buckets]
         lrs = [_schedule.as_float(g["lr"]) for g in groups]
         for group, lr in zip(groups, lrs):
@@ -361,64 +429,163 @@ class Alice(Optimizer):
         paths = [dict(foreach=g["foreach"], fused=g["fused"]) for g in groups]
         ev = Evaluations(self._state, lrs, tensor_key(self.seed, call), paths)
         ev.gather()
-        replay = Replay(self.model) if sampling or self.model is not None else None
+        return _Call(groups, lrs, advancing, call, sampling, ev)
+
+    def _evaluate(self, ev: Evaluations, closure: Callable[[], Any], evaluation: str) -> Any:
+        self.evaluation = evaluation
+        try:
+            return ev.evaluate(closure)
+        finally:
+            self.evaluation = None
+
+    def _active(self, c: _Call) -> list[list[bool]]:
+        """Per bucket, the parameters that take part: a gradient in every evaluation, lr > 0."""
+        active = [[t and lr > 0 for t in touched] for touched, lr in zip(c.ev.touched, c.lrs)]
+        if c.advancing and not any(any(a) for a in active):
+            raise ClosureError(
+                "No parameter received a gradient: the closure must call loss.backward().\n" + CLOSURE_HELP
+            )
+        return active
+
+    def _step(self, closure: Callable[[], Any]) -> Any:
+        if not self._state.buckets:
+            with torch.enable_grad():
+                return closure()
+        c = self._begin()
+        replay = Replay(self.model) if c.sampling or self.model is not None else None
         losses = []
         try:
-            if sampling:
-                for sign in (1.0, -1.0):
-                    ev.move_to(sign)
-                    losses.append(ev.evaluate(closure))
-                    ev.save_gradients(sign)
+            if c.sampling:
+                for sign, evaluation in ((1.0, "plus"), (-1.0, "minus")):
+                    c.ev.move_to(sign)
+                    losses.append(self._evaluate(c.ev, closure, evaluation))
+                    c.ev.save_gradients(sign)
                     replay.rewind()  # the same dropout masks, the same buffers, next time
-            ev.move_to(0.0)
-            loss = ev.evaluate(closure)
+            c.ev.move_to(0.0)
+            loss = self._evaluate(c.ev, closure, "center")
             losses.append(loss)
-            active = [[t and lr > 0 for t in touched] for touched, lr in zip(ev.touched, lrs)]
-            if advancing and not any(any(a) for a in active):
-                raise ClosureError(
-                    "No parameter received a gradient: the closure must call loss.backward().\n" + CLOSURE_HELP
-                )
+            active = self._active(c)
         except BaseException:
-            ev.restore()
+            c.ev.restore()
             if replay is not None:
                 replay.rewind(rng=False)
             raise
-        ev.release_untouched()
-        if not advancing:  # every lr is 0: one evaluation at nu, nothing changes
-            ev.restore()
+        c.ev.release_untouched()
+        if not c.advancing:  # every lr is 0: one evaluation at nu, nothing changes
+            c.ev.restore()
             if replay is not None:
                 replay.rewind(rng=False)
             return loss
-        self._update(ev, groups, active, losses, call, sampling, replay)
+        self._update(c.ev, c.groups, active, losses, c.call, c.sampling, replay)
         return loss
 
+    # -- closure-free mode --------------------------------------------------------
+
+    @torch.no_grad()
+    def _position(self, new: bool) -> None:
+        """Put the parameters where the next gradient is needed (closure-free mode):
+        plan a new Alice step (``new``) or return to the pending one's point."""
+        if not self._state.buckets:
+            return
+        if new or self._pending is None:
+            self._pending = self._begin()
+            self._phase = "plus" if self._pending.sampling else "center"
+        else:
+            self._pending.ev.gather()  # edits made in eval mode become the centre
+        self._pending.ev.move_to(_DIRECTION[self._phase])
+        self._pending.ev.arm()
+        self.evaluation = self._phase
+
+    def _consume(self, closure: Callable[[], Any] | None) -> Any:
+        """Closure-free ``step()``: take the gradient the loop computed at the current
+        point, then move to the next point (a sampling step spans three calls)."""
+        if not self._training:
+            raise ClosureError("Alice is in eval mode (the parameters hold mu): call optimizer.train() "
+                               "before training steps, optimizer.eval() before evaluating or saving.")
+        if self._pending is None:
+            self._position(new=True)
+        c, loss = self._pending, None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = check_loss(closure())
+            self._losses.append(loss)
+        c.ev.collect()
+        if self._phase != "center":
+            c.ev.save_gradients(_DIRECTION[self._phase])
+            self._phase = "minus" if self._phase == "plus" else "center"
+            c.ev.move_to(_DIRECTION[self._phase])
+            c.ev.arm()
+            self.evaluation = self._phase
+            return loss
+        try:
+            active = self._active(c)
+        except ClosureError:
+            c.ev.arm()
+            raise
+        if c.advancing:
+            self._update(c.ev, c.groups, active, self._losses, c.call, c.sampling, None)
+        else:
+            c.ev.restore()
+        self._losses = []
+        self._position(new=True)
+        return loss
+
+    def train(self, mode: bool = True) -> Alice:
+        """Closure-free mode: put the evaluation point back in the parameters (``mode``
+        False is :meth:`eval`). HF Trainer and Accelerate call it when it exists."""
+        if not mode:
+            return self.eval()
+        if self.closure_free and not self._training:
+            self._training = True
+            self._position(new=False)
+        return self
+
+    @torch.no_grad()
+    def eval(self) -> Alice:
+        """Closure-free mode: put the centre ``mu`` in the parameters, for evaluating or
+        saving the model; :meth:`train` puts the evaluation point back."""
+        if self.closure_free and self._training:
+            self._training = False
+            if self._pending is not None:
+                self._pending.ev.restore()
+            self.evaluation = None
+        return self
+
     def _update(self, ev: Evaluations, groups, active, losses, call: int, sampling: bool, replay) -> None:
-        """Average and move every run of active parameters, predicated on one device flag."""
+        """Average and move every run of active parameters, predicated on one device flag:
+        the losses and every gradient sample finite. With a single run (the usual case)
+        one compiled graph both decides and writes."""
         buckets = self._state.buckets
         device = buckets[0].device
         plan = []
-        flags = [loss_finite(loss, device) for loss in losses]
-        for b, group, act, path in zip(buckets, groups, active, ev.paths):
+        for b, group, act, path, sigma in zip(buckets, groups, active, ev.paths, ev.scales):
             scalars = _schedule.step_scalars(group, self.quick_steps)
+            if scalars.sigma != sigma:  # closure-free: the lr changed since the points were set
+                scalars = replace(scalars, sigma=sigma)
             for first, last in _runs(act, b.history):
                 a, z = b.starts[first], b.starts[last]
-                grads = [b.grads[a:z], *((b.plus[a:z], b.minus[a:z]) if sampling else (None, None))]
-                flags.append(samples_ok(*grads, scalars=scalars, **path).to(device, non_blocking=True))
+                grads = (b.grads[a:z], *((b.plus[a:z], b.minus[a:z]) if sampling else (None, None)))
                 plan.append((b, first, last, grads, scalars, path))
-        ok = flags[0] if len(flags) == 1 else torch.stack(flags).all()
-        ok = _dist.agree_flag(ok)  # with several ranks: every rank takes the step, or none does
-        oks = {device: ok}
+        ok = losses_finite(losses, device)
+        agree = _dist.world_size() > 1  # then the ranks agree on the decision before anything is written
+        if len(plan) > 1 or agree:
+            flags = [ok, *(samples_ok(*grads, scalars=scalars, **path).to(device, non_blocking=True)
+                           for _b, _f, _l, grads, scalars, path in plan)]
+            ok = _dist.agree_flag(torch.stack(flags).all())  # every rank takes the step, or none does
+        check = len(plan) == 1 and not agree
         classes: dict[int, int] = {}
         for b, first, last, grads, scalars, path in plan:
             a, z = b.starts[first], b.starts[last]
-            ok_here = oks.setdefault(b.device, ok.to(b.device, non_blocking=True))
-            out = b.held[a:z] if b.half else None
-            alice_(
+            used = alice_(
                 b.mu[a:z], *(b.buffers[key][a:z] for key in STATE_KEYS), *grads,
-                n=b.counts[first], ok=ok_here, move=call > self.warmup_steps and (sampling or b.sampled[first]),
-                scalars=scalars, out=out, segments=b.segments(first, last), **path,
+                n=b.counts[first], ok=ok.to(b.device, non_blocking=True),
+                move=call > self.warmup_steps and (sampling or b.sampled[first]),
+                scalars=scalars, out=b.held[a:z] if b.half else None, check=check,
+                segments=b.segments(first, last), **path,
             )
-            b.counts[first:last].add_(ok_here)
+            if check:
+                ok = used
+            b.counts[first:last].add_(used)
             new_class = classes.setdefault(b.history[first], self._state.new_class())
             for k in range(first, last):
                 b.history[k] = new_class
@@ -426,7 +593,7 @@ class Alice(Optimizer):
         ev.restore()
         if replay is not None and self.model is not None:
             replay.keep_if(ok)
-        self._skipped.add_(~ok)
+        self._skipped.add_(~ok.to(self._skipped.device, non_blocking=True))
         if self._skipped_seen is not None:
             self._skipped_seen.copy_(self._skipped, non_blocking=True)
         self._calls = call
@@ -450,6 +617,8 @@ class Alice(Optimizer):
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
             packed.update(seed=self.seed, calls=self._calls, skipped_steps=skipped)
+            if self.closure_free:
+                packed["phase"] = self._phase
             packed["params"] = [index[id(p)] for p in group["params"]]
             param_groups.append(packed)
         sampled = {id(p): b.sampled[k] for b in self._state.buckets for k, p in enumerate(b.params)}
@@ -458,6 +627,8 @@ class Alice(Optimizer):
             index[id(p)]: {**{k: v.clone() for k, v in entry.items()}, "sampled": sampled[id(p)]}
             for p, entry in self.state.items()
         }
+        if self.closure_free and self._pending is not None:
+            self._save_pending(state, index, param_groups)
         state_dict = {
             "state": state,
             "param_groups": param_groups,
@@ -468,6 +639,44 @@ class Alice(Optimizer):
             if result is not None:
                 state_dict = result
         return state_dict
+
+    def _save_pending(self, state: dict, index: dict, param_groups: list[dict]) -> None:
+        """Closure-free mode: what the step in progress needs to go on exactly (the centre,
+        the gradients already taken, the perturbation length of its points)."""
+        c = self._pending
+        for b, sigma in zip(self._state.buckets, c.ev.scales):
+            param_groups[b.group]["pending_sigma"] = sigma
+            extra = {"mu": b.held_views}
+            if c.sampling and self._phase != "plus":
+                extra["grad_plus"] = b.views(b.plus)
+            if c.sampling and self._phase == "center":
+                extra["grad_minus"] = b.views(b.minus)
+            for key, views in extra.items():
+                for p, view in zip(b.params, views):
+                    state[index[id(p)]].setdefault(key, _dist.like_param(view.clone(), p))
+
+    @torch.no_grad()
+    def _load_pending(self, loaded) -> None:
+        """Closure-free mode: resume the step in progress saved by :meth:`_save_pending`."""
+        self._phase, self._pending, self._training = loaded.phase, self._begin(), True
+        c = self._pending
+        c.ev.scales = [loaded.sigmas[b.group] for b in self._state.buckets]
+        for b in self._state.buckets:
+            for k, p in enumerate(b.params):
+                record = loaded.records.get(id(p), {})
+                a, z = b.starts[k], b.starts[k + 1]
+                if "mu" in record:  # the saved centre, whatever the model file holds
+                    if b.half:
+                        b.buffers["mu"][a:z].copy_(record["mu"].reshape(-1))
+                    b.held[a:z].copy_(record["mu"].reshape(-1))
+                for key in ("grad_plus", "grad_minus"):
+                    if key in record:
+                        b.ensure_sampling_buffers()
+                        (b.plus if key == "grad_plus" else b.minus)[a:z].copy_(record[key].reshape(-1))
+        c.ev.restore()  # the saved centre into the parameters, then the point from it
+        c.ev.move_to(_DIRECTION[self._phase])
+        c.ev.arm()
+        self.evaluation = self._phase
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a dict from :meth:`state_dict` (or from ``torch.distributed.checkpoint``'s
@@ -488,13 +697,18 @@ class Alice(Optimizer):
         for b in self._state.buckets:
             for k, p in enumerate(b.params):
                 if id(p) in loaded.records:
-                    AliceState.restore(b, k, loaded.records.pop(id(p)))
-        self._state.stash = loaded.records  # frozen parameters' state, kept for when they train
+                    AliceState.restore(b, k, loaded.records[id(p)])
+        kept = dict(loaded.records)
+        self._state.stash = {pid: r for pid, r in loaded.records.items() if pid not in
+                             {id(p) for b in self._state.buckets for p in b.params}}  # frozen: kept for later
         self._publish_state()
         for counter in (self._skipped, self._skipped_seen):
             if counter is not None:
                 counter.fill_(loaded.skipped)
         self._warned = loaded.skipped
+        if self.closure_free:
+            loaded.records = kept
+            self._load_pending(loaded)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 

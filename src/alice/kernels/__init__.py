@@ -36,11 +36,11 @@ def available(device_type: str, warn: bool = True) -> bool:
     return compiled.available(device_type, warn)
 
 
-def update_(tensors, kwargs) -> None:
+def update_(tensors, kwargs):
     """``alice._math.update_`` compiled into one kernel over flat operands."""
     from . import compiled
 
-    compiled.update_(tensors, kwargs)
+    return compiled.update_(tensors, kwargs)
 
 
 def point_(out, mu, offset, scale, key, base) -> None:

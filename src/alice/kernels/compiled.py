@@ -84,10 +84,10 @@ def _scalar(value, dtype=torch.float64):
     return torch.tensor(value, dtype=dtype)
 
 
-def update_(tensors, kwargs) -> None:
+def update_(tensors, kwargs):
     kwargs = dict(kwargs)
     kwargs.update({k: _scalar(kwargs[k]) for k in _DYNAMIC})
-    _run(_math.update_, tensors, kwargs)
+    return _run(_math.update_, tensors, kwargs)
 
 
 def _point(out, mu, offset, scale, key, base):
