@@ -129,7 +129,7 @@ def case_ddp_seeds(rank, out: Path):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     model, x, y = problem()
-    ddp = DDP(model)
+    ddp = DDP(model, gradient_as_bucket_view=True)  # p.grad is DDP's bucket: Alice copies from it
     torch.manual_seed(100 + rank)  # rank 0's draw is the seed: torch.manual_seed(100), one draw
     opt = Alice(ddp.parameters(), **KWARGS)
     refused = None

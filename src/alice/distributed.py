@@ -91,9 +91,18 @@ def agree_flag(ok: Tensor) -> Tensor:
     if world_size() == 1:
         return ok
     dist = _dist()
-    flag = ok.to(torch.uint8)
+    flag = ok.to(_collective_device(ok.device), torch.uint8, non_blocking=True)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return flag.bool()
+    return flag.to(ok.device, torch.bool, non_blocking=True)
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    """``device``, unless the default group cannot reduce there (CPU state, as with
+    FSDP2's CPU offload, under NCCL alone): then the current accelerator."""
+    backend = str(_dist().get_backend())
+    if device.type != "cpu" or backend == "gloo" or "cpu:" in backend or not torch.cuda.is_available():
+        return device
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 # -- DTensor shards ------------------------------------------------------------------
