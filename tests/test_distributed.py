@@ -70,6 +70,17 @@ def single(steps=STEPS, nan_at=None, seed=SEED):
     return model, opt
 
 
+def train_closure_free(model, x, y, calls):
+    """The closure-free mode: the loop runs backward and calls ``step()`` (ends in eval mode)."""
+    opt = Alice(model.parameters(), seed=SEED, closure_free=True, **KWARGS)
+    for _ in range(calls):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    opt.eval()
+    return opt
+
+
 def full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
@@ -153,7 +164,9 @@ def case_fsdp(rank, out: Path):
     train(model, opt, my_half(x, rank), my_half(y, rank), 5)
     first = snapshot(model, opt)
     train(model, opt, my_half(x, rank), my_half(y, rank), STEPS - 5, nan_at=2 if rank == 1 else None)
-    return {**snapshot(model, opt), "first": first, "shapes": shapes}
+    free_model = shard(problem()[0])
+    free = train_closure_free(free_model, my_half(x, rank), my_half(y, rank), 20)
+    return {**snapshot(model, opt), "first": first, "shapes": shapes, "free": snapshot(free_model, free)}
 
 
 def _dcp_state(model, opt):
@@ -254,6 +267,7 @@ def test_ddp_replicas_agree_when_ranks_seed_torch_differently_and_skip_together(
 
 
 def test_fsdp2_on_two_ranks_follows_one_process_and_skips_a_nan_seen_by_one_rank(tmp_path):
+    """Also in closure-free mode (the loop calls backward and ``step()``)."""
     results = spawn("case_fsdp", tmp_path)
     for got in results:  # the state is the local shard's, laid out like the parameter
         assert all(local == state and same for local, state, same in got["shapes"])
@@ -265,6 +279,10 @@ def test_fsdp2_on_two_ranks_follows_one_process_and_skips_a_nan_seen_by_one_rank
     for got in results:
         assert got["skipped"] == 1
         assert_matches(got, model, opt)
+    model, x, y = problem()
+    opt = train_closure_free(model, x, y, 20)  # and the closure-free mode too
+    for got in results:
+        assert_matches(got["free"], model, opt)
 
 
 def test_fsdp2_on_one_rank_is_bit_for_bit_one_process(tmp_path):
