@@ -39,9 +39,9 @@ class Config:
 
 
 SIZES = {
-    "tiny": Config(layers=2, heads=2, width=64, context=64),  # 0.1M parameters
-    "small": Config(layers=6, heads=6, width=384, context=256),  # 10.8M
-    "gpt2": Config(layers=12, heads=12, width=768, context=1024, vocab=50304),  # 124M, GPT-2 small's shape
+    "tiny": Config(layers=2, heads=2, width=64, context=64),  # 0.14M parameters
+    "small": Config(layers=6, heads=6, width=384, context=256),  # 10.9M
+    "gpt2": Config(layers=12, heads=12, width=768, context=1024, vocab=50304),  # 163M: GPT-2 small's shape, head untied
 }
 
 
