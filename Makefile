@@ -38,7 +38,7 @@ test: $(VENV)/.deps
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.deps
-	$(BIN)/python benchmarks/cpu_overhead.py
+	$(BIN)/python benchmarks/optimizer_only.py --device cpu --optimizer adam,foreach=True --optimizer alice
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

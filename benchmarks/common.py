@@ -115,3 +115,20 @@ class SyncCounter:
         self._catch.__exit__(*exc)
         self.count = sum("synchroniz" in str(w.message) for w in self._records)
         return False
+
+
+def timed(fn, steps: int, device) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls (CUDA events on a GPU)."""
+    synchronize(device)
+    if torch.device(device).type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / steps
+    begin = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - begin) / steps

@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from common import SyncCounter, parse_optimizer, synchronize, versions, write_log
+from common import SyncCounter, parse_optimizer, synchronize, timed, versions, write_log
 
 
 def gradient_closure(params, grads, loss):
@@ -31,24 +31,6 @@ def gradient_closure(params, grads, loss):
         return loss
 
     return closure
-
-
-def timed(fn, steps, device):
-    synchronize(device)
-    if torch.device(device).type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / steps
-    import time
-
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t) / steps
 
 
 def main():
