@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import distributed as _dist
 from . import schedule as _schedule
 from .state import AVERAGES, AliceState, state_dtype
 
@@ -50,13 +51,16 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
-def _tensor(where: str, value: Any, shape: tuple) -> Tensor:
+def _tensor(where: str, value: Any, p: Tensor) -> Tensor:
+    """``value`` checked against parameter ``p``; for a sharded ``p``, this rank's part."""
+    shape = tuple(p.shape)
     if not isinstance(value, Tensor):
         _fail(f"{where} is a {type(value).__name__}, not a tensor")
     if not value.is_floating_point():
         _fail(f"{where} has dtype {value.dtype} (must be floating point)")
     if tuple(value.shape) != shape:
         _fail(f"{where} has shape {tuple(value.shape)} but the parameter has shape {shape}")
+    value = _dist.shard_of(value, p)
     if not bool(torch.isfinite(value).all()):
         _fail(f"{where} holds non-finite values")
     return value
@@ -123,24 +127,24 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
         missing = [k for k in keys if k not in entry]
         if missing:
             _fail(f"the state of parameter id {pid!r} lacks {missing}")
-        shape, dtype = tuple(p.shape), state_dtype(p.dtype)
-        take = lambda key: _tensor(f"state {key!r} of parameter id {pid!r}", entry[key], shape).to(  # noqa: E731
-            device=p.device, dtype=dtype, copy=True)
+        dtype, local = state_dtype(p.dtype), _dist.local_tensor(p).detach()
+        take = lambda key: _tensor(f"state {key!r} of parameter id {pid!r}", entry[key], p).to(  # noqa: E731
+            device=local.device, dtype=dtype, copy=True)
         record = {key: take(key) for key in AVERAGES}
         if old_format:
-            record["offset"] = take("nu") - p.detach().to(dtype)
+            record["offset"] = take("nu") - local.to(dtype)
             step = calls
         else:
             record["offset"] = take("offset")
             step = _count(f"step of parameter id {pid!r}", entry["step"])
         if dtype != p.dtype:
-            record["mu"] = take("mu") if "mu" in entry else p.detach().to(dtype)
+            record["mu"] = take("mu") if "mu" in entry else local.to(dtype)
         elif "mu" in entry:  # closure-free mode saves the centre of every parameter
             record["mu"] = take("mu")
         for key in ("grad_plus", "grad_minus"):  # closure-free mode, saved within a sampling step
             if key in entry:
-                record[key] = _tensor(f"state {key!r} of parameter id {pid!r}", entry[key], shape).to(
-                    device=p.device, dtype=p.dtype, copy=True)
+                record[key] = _tensor(f"state {key!r} of parameter id {pid!r}", entry[key], p).to(
+                    device=local.device, dtype=p.dtype, copy=True)
         sampled = entry.get("sampled", step > 0)
         if not isinstance(sampled, bool):
             _fail(f"'sampled' of parameter id {pid!r} is {sampled!r} (must be a bool)")

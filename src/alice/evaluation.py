@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _math
+from . import distributed as _dist
 from .functional import point_
 from .state import AliceState, Bucket
 
@@ -129,7 +130,8 @@ class Evaluations:
         self.at_centre = []
         for b in self.buckets:
             edited = b.edited()
-            _foreach_copy_([b.held_views[k] for k in edited], [b.params[k] for k in edited])
+            targets = b.targets()
+            _foreach_copy_([b.held_views[k] for k in edited], [targets[k] for k in edited])
             if b.half and edited:
                 b.buffers["mu"].copy_(_math.recentre(b.buffers["mu"], b.held))
             self.at_centre.append(True)
@@ -137,7 +139,7 @@ class Evaluations:
     def restore(self) -> None:
         """Parameters back to ``held`` (the centre, or the new centre after the update)."""
         for i, b in enumerate(self.buckets):
-            _foreach_copy_(b.params, b.held_views)
+            _foreach_copy_(b.targets(), b.held_views)
             b.note_written()
             self.at_centre[i] = True
 
@@ -145,10 +147,15 @@ class Evaluations:
         """Parameters to ``nu + direction * sigma z`` (``direction`` +1, -1 or 0)."""
         for i, (b, scale, path) in enumerate(zip(self.buckets, self.scales, self.paths)):
             if direction == 0 and self.at_centre[i] and not b.half:
-                torch._foreach_add_(b.params, b.offset_views)  # nu = mu + offset, where the parameters hold mu
+                torch._foreach_add_(b.targets(), b.offset_views)  # nu = mu + offset, where the parameters hold mu
             else:
-                point_(b.grads, b.mu, b.buffers["offset"], scale=direction * scale, key=self.key, base=b.base, **path)
-                _foreach_copy_(b.params, b.grad_tensors)
+                mu, offset, scale = b.mu, b.buffers["offset"], direction * scale
+                if b.sharded:  # shards: each run of consecutive global indices with its own base
+                    for a, z, base in b.point_runs:
+                        point_(b.grads[a:z], mu[a:z], offset[a:z], scale=scale, key=self.key, base=base, **path)
+                else:
+                    point_(b.grads, mu, offset, scale=scale, key=self.key, base=b.base, **path)
+                _foreach_copy_(b.targets(), b.grad_tensors)
             self.at_centre[i] = False
 
     def evaluate(self, closure: Callable[[], Any]) -> Any:
@@ -175,16 +182,18 @@ class Evaluations:
     def _collect(b: Bucket) -> list[bool]:
         """Which parameters received a gradient in this evaluation; copies into the
         buffer the gradients that backward put elsewhere (a closure that set
-        ``p.grad = None``, as ``model.zero_grad()`` does, gets a fresh tensor)."""
+        ``p.grad = None``, as ``model.zero_grad()`` does, gets a fresh tensor; so does
+        every sharded parameter: FSDP2 sets a DTensor, whose local shard is copied)."""
         dst, src, touched = [], [], []
-        for p, g, version in zip(b.params, b.grad_tensors, b.versions):
+        for p, g, seen in zip(b.params, b.grad_tensors, b.seen):
             grad = p.grad
-            touched.append(grad is not None and (grad is not g or g._version != version))
+            touched.append(b.new_grad(grad, seen))
             if grad is not None and grad is not g:
                 dst.append(g)
+                grad = _dist.local_tensor(grad) if b.sharded else grad
                 src.append(grad.to_dense() if grad.is_sparse else grad)  # the update is dense anyway
         _foreach_copy_(dst, src)
-        b.point_grads_at_buffers()
+        b.point_grads_at_buffers(clear=False)  # a sharded parameter keeps FSDP2's gradient
         return touched
 
     def save_gradients(self, sign: float) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import distributed as _dist
 from . import schedule as _schedule
 from ._rademacher import tensor_key
 from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, check_loss, losses_finite
@@ -121,7 +122,11 @@ class Alice(Optimizer):
         grad_glass: include the glass term (default True).
         quick_steps: one-gradient steps between two sampling steps (default 3); global.
         seed: seed of the counter-based Rademacher signs (default: drawn once from
-            torch's global RNG, so ``torch.manual_seed`` makes runs reproducible).
+            torch's global RNG, so ``torch.manual_seed`` makes runs reproducible). When a
+            process group is initialised, every rank uses rank 0's seed (drawn or given;
+            a different explicit seed on another rank raises ``ValueError``), and a step
+            is skipped on every rank when any rank sees a non-finite value: see
+            ``alice.distributed`` and ``docs/distributed.md``.
         model: optional module whose buffers (BatchNorm running statistics) must change
             as in one ordinary training step, from the evaluation at :math:`\nu`. Without
             it, a sampling step's three forward passes each update them (as in the
@@ -180,7 +185,7 @@ class Alice(Optimizer):
         fused: bool | None = None,
     ):
         quick_steps = _schedule.check_quick_steps(quick_steps)
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if seed is None else _schedule.check_seed(seed)
+        seed = _dist.agree_seed(None if seed is None else _schedule.check_seed(seed))  # rank 0's, if distributed
         if model is not None and not isinstance(model, torch.nn.Module):
             raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module or None)")
         defaults = dict(
@@ -305,6 +310,14 @@ class Alice(Optimizer):
                     stacklevel=4,
                 )
                 return
+
+    def diagnostics(self, per_param: bool = False, names=None) -> dict[str, float]:
+        """Statistics of the last step, as plain floats (the one host sync is here):
+        glass and Hessian terms, clip fractions, the ratio to an Adam step, counters;
+        see :func:`alice.diagnostics.diagnostics` and ``docs/diagnostics.md``."""
+        from .diagnostics import diagnostics
+
+        return diagnostics(self, per_param, names)
 
     @property
     def calls(self) -> int:
@@ -562,10 +575,12 @@ class Alice(Optimizer):
                 grads = (b.grads[a:z], *((b.plus[a:z], b.minus[a:z]) if sampling else (None, None)))
                 plan.append((b, first, last, grads, scalars, path))
         ok = losses_finite(losses, device)
-        if len(plan) > 1:
+        agree = _dist.world_size() > 1  # then the ranks agree on the decision before anything is written
+        if len(plan) > 1 or agree:
             flags = [ok, *(samples_ok(*grads, scalars=scalars, **path).to(device, non_blocking=True)
                            for _b, _f, _l, grads, scalars, path in plan)]
-            ok = torch.stack(flags).all()
+            ok = _dist.agree_flag(torch.stack(flags).all())  # every rank takes the step, or none does
+        check = len(plan) == 1 and not agree
         classes: dict[int, int] = {}
         for b, first, last, grads, scalars, path in plan:
             a, z = b.starts[first], b.starts[last]
@@ -573,10 +588,10 @@ class Alice(Optimizer):
                 b.mu[a:z], *(b.buffers[key][a:z] for key in STATE_KEYS), *grads,
                 n=b.counts[first], ok=ok.to(b.device, non_blocking=True),
                 move=call > self.warmup_steps and (sampling or b.sampled[first]),
-                scalars=scalars, out=b.held[a:z] if b.half else None, check=len(plan) == 1,
+                scalars=scalars, out=b.held[a:z] if b.half else None, check=check,
                 segments=b.segments(first, last), **path,
             )
-            if len(plan) == 1:
+            if check:
                 ok = used
             b.counts[first:last].add_(used)
             new_class = classes.setdefault(b.history[first], self._state.new_class())
@@ -646,7 +661,7 @@ class Alice(Optimizer):
                 extra["grad_minus"] = b.views(b.minus)
             for key, views in extra.items():
                 for p, view in zip(b.params, views):
-                    state[index[id(p)]].setdefault(key, view.clone())
+                    state[index[id(p)]].setdefault(key, _dist.like_param(view.clone(), p))
 
     @torch.no_grad()
     def _load_pending(self, loaded) -> None:

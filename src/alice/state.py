@@ -23,6 +23,12 @@ itself for float32/float64).
 Storing ``nu - mu`` instead of ``nu`` makes the spec's rule for edited
 parameters free: a parameter loaded or re-initialised between steps is the
 new centre, and the look-ahead keeps its offset from it.
+
+Sharded parameters (FSDP2's DTensors, ``alice.distributed``): a bucket holds
+each rank's local shards only, and ``global_starts`` gives the index of each
+shard's first element in the unsharded layout (for the signs). Backward gives
+such a parameter a DTensor gradient of FSDP2's own, which each evaluation
+copies into ``grads``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from . import distributed as _dist
 
 __all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "state_dtype"]
 
@@ -79,7 +87,12 @@ class Bucket:
     minus: Tensor | None = None
     history: list[int] = field(default_factory=list)  # participation class (host)
     sampled: list[bool] = field(default_factory=list)  # took part in a sampling step (host)
-    versions: list[int] = field(default_factory=list)  # grad tensors' version at last look
+    seen: list = field(default_factory=list)  # each p.grad and its version at last look
+    shapes: list[torch.Size] = field(default_factory=list)  # each parameter's local shape
+    sharded: bool = False  # whether any parameter is a DTensor
+    full_numel: int = 0  # elements of the unsharded parameters (the next bucket's base follows them)
+    global_starts: list[int] = field(default_factory=list)  # each parameter's first global index
+    point_runs: list[tuple[int, int, int]] = field(default_factory=list)  # see _point_runs
 
     @property
     def numel(self) -> int:
@@ -100,7 +113,11 @@ class Bucket:
         return self.buffers.get("mu", self.held)
 
     def views(self, flat: Tensor) -> list[Tensor]:
-        return [flat[a:b].view(p.shape) for p, a, b in zip(self.params, self.starts, self.starts[1:])]
+        return [flat[a:b].view(shape) for shape, a, b in zip(self.shapes, self.starts, self.starts[1:])]
+
+    def targets(self) -> list[Tensor]:
+        """The tensors Alice reads and writes: the parameters, or their local shards."""
+        return [_dist.local_tensor(p) for p in self.params] if self.sharded else self.params
 
     def segments(self, first: int, last: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of parameters ``first .. last - 1`` relative to the first's start."""
@@ -111,38 +128,70 @@ class Bucket:
         if self.plus is None:
             self.plus, self.minus = torch.empty_like(self.grads), torch.empty_like(self.grads)
 
-    def point_grads_at_buffers(self, force: bool = True) -> None:
+    def point_grads_at_buffers(self, force: bool = True, clear: bool = True) -> None:
         """Make each ``p.grad`` the bucket's tensor over its slice (with ``force=False``
-        only where ``p.grad`` is None: a gradient already there is the user's)."""
+        only where ``p.grad`` is None: a gradient already there is the user's). A
+        sharded parameter's gradient is set to None instead (with ``clear``), so that
+        FSDP2 does not accumulate onto it; either way what is there now is seen."""
         for p, g in zip(self.params, self.grad_tensors):
-            if p.grad is not g and (force or p.grad is None):
+            if self.sharded and _dist.is_dtensor(p):  # a DTensor's gradient is FSDP's: copied in
+                if force and clear:
+                    p.grad = None
+            elif p.grad is not g and (force or p.grad is None):
                 p.grad = g
-        self.versions = [g._version for g in self.grad_tensors]
+        self.seen = [_grad_mark(p.grad, self.sharded) for p in self.params]
 
     def note_written(self) -> None:
         """Remember the parameters as Alice left them (to see edits at the next step)."""
-        self.written = [(p._version, p.data_ptr()) for p in self.params]
+        self.written = [_dist.write_mark(p) for p in self.params]
 
     def edited(self) -> list[int]:
         """Indices of the parameters changed since :meth:`note_written` (all at first)."""
         if not self.written:
             return list(range(len(self.params)))
-        return [k for k, (p, seen) in enumerate(zip(self.params, self.written)) if (p._version, p.data_ptr()) != seen]
+        return [k for k, (p, seen) in enumerate(zip(self.params, self.written)) if _dist.write_mark(p) != seen]
 
     def foreign_gradients(self) -> list[Tensor]:
         """Parameters whose gradient was written since Alice last looked: backward ran
         outside a step (or ``p.grad`` was replaced)."""
-        return [
-            p for p, g, version in zip(self.params, self.grad_tensors, self.versions)
-            if p.grad is not None and (p.grad is not g or g._version != version)
-        ]
+        return [p for p, seen in zip(self.params, self.seen) if self.new_grad(p.grad, seen)]
+
+    def new_grad(self, grad: Tensor | None, seen: tuple | None) -> bool:
+        """Whether ``grad`` (a ``p.grad``) was set or written since it was ``seen``."""
+        if grad is None:
+            return False
+        return seen is None or grad is not seen[0] or _grad_mark(grad, self.sharded)[1] != seen[1]
+
+
+def _grad_mark(grad: Tensor | None, sharded: bool) -> tuple | None:
+    """A gradient and the version of its (local) data, to see later writes."""
+    if grad is None:
+        return None
+    return grad, (_dist.local_tensor(grad) if sharded else grad)._version
+
+
+def _point_runs(starts: list[int], global_starts: list[int]) -> list[tuple[int, int, int]]:
+    """``(start, stop, global index of start)`` of the maximal runs of the flat buffers
+    whose global indices are consecutive: the whole bucket unless it holds shards."""
+    runs: list[tuple[int, int, int]] = []
+    for a, b, g in zip(starts, starts[1:], global_starts):
+        if b == a:
+            continue
+        if runs and runs[-1][1] == a and runs[-1][2] + a - runs[-1][0] == g:
+            runs[-1] = (runs[-1][0], b, runs[-1][2])
+        else:
+            runs.append((a, b, g))
+    return runs
 
 
 def _new_bucket(group: int, params: list[Tensor], indices: list[int], base: int) -> Bucket:
     device, dtype = params[0].device, params[0].dtype
-    starts = [0]
-    for p in params:
-        starts.append(starts[-1] + p.numel())
+    local = [_dist.local_tensor(p) for p in params]
+    starts, global_starts, full = [0], [], base
+    for p, t in zip(params, local):
+        starts.append(starts[-1] + t.numel())
+        global_starts.append(full + _dist.global_offset(p))
+        full += _dist.full_numel(p)
     numel, sdtype = starts[-1], state_dtype(dtype)
     buffers = {key: torch.zeros(numel, dtype=sdtype, device=device) for key in STATE_KEYS}
     held = torch.empty(numel, dtype=dtype, device=device)
@@ -150,13 +199,15 @@ def _new_bucket(group: int, params: list[Tensor], indices: list[int], base: int)
         group=group, params=params, indices=indices, starts=starts, base=base, buffers=buffers,
         counts=torch.zeros(len(params), dtype=torch.float64, device=device),
         grads=torch.zeros(numel, dtype=dtype, device=device), held=held,
-        history=[0] * len(params), sampled=[False] * len(params),
+        history=[0] * len(params), sampled=[False] * len(params), shapes=[t.shape for t in local],
+        sharded=any(t is not p for p, t in zip(params, local)), full_numel=full - base, global_starts=global_starts,
+        point_runs=_point_runs(starts, global_starts),
     )
-    bucket.grad_tensors = [_over(bucket.grads, a, p) for p, a in zip(params, starts)]
+    bucket.grad_tensors = [_over(bucket.grads, a, t) for t, a in zip(local, starts)]
     bucket.held_views, bucket.offset_views = bucket.views(held), bucket.views(buffers["offset"])
     if sdtype != dtype:
         torch._foreach_copy_(bucket.views(buffers.setdefault("mu", torch.empty(numel, dtype=sdtype, device=device))),
-                             [p.detach() for p in params])
+                             [t.detach() for t in local])
     return bucket
 
 
@@ -197,7 +248,7 @@ class AliceState:
                 index += 1
             for ps, idx in by_kind.values():
                 bucket = _new_bucket(g, ps, idx, base)
-                base += bucket.numel
+                base += bucket.full_numel
                 for k, p in enumerate(ps):
                     if id(p) in owned_grads:  # a gradient in the old buffers moves along
                         bucket.grad_tensors[k].copy_(owned_grads[id(p)])
@@ -246,5 +297,5 @@ class AliceState:
             views = {key: bucket.views(flat) for key, flat in bucket.buffers.items()}
             for k, p in enumerate(bucket.params):
                 entry = {"step": bucket.counts[k]}
-                entry.update((key, views[key][k]) for key in views)
+                entry.update((key, _dist.like_param(views[key][k], p)) for key in views)
                 yield p, entry

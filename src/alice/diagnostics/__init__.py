@@ -1,0 +1,25 @@
+"""Alice as a diagnostic probe: which curvature of the expected loss governs a model.
+
+* :func:`diagnostics` -- live statistics of the last step, read from the optimizer's
+  state (glass fraction, clip fractions, step ratio to Adam, ...): a flat dict of floats;
+* :func:`probe` -- the model-fit probe: how well the linear, Hessian and glass models
+  of the expected loss predict what a step along Alice's direction actually does;
+* :func:`plot` -- heatmaps of per-layer statistics over training and the probe table
+  (matplotlib, imported only when called).
+
+See ``docs/diagnostics.md``.
+"""
+
+from .probe import MODELS, ProbeReport, held_loss, probe
+from .stats import KEYS, PER_PARAM_KEYS, diagnostics, param_names
+
+
+def plot(*args, **kwargs):
+    """Draw diagnostics over training and/or a probe table; see :func:`alice.diagnostics.plots.plot`."""
+    from .plots import plot as _plot
+
+    return _plot(*args, **kwargs)
+
+
+__all__ = ["KEYS", "MODELS", "PER_PARAM_KEYS", "ProbeReport", "diagnostics", "held_loss", "param_names",
+           "plot", "probe"]
