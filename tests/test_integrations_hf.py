@@ -158,3 +158,11 @@ def test_closure_free_trainer_resumes_from_a_checkpoint(tmp_path):
     resumed, opt2 = run(resume=str(tmp_path / "checkpoint-20"))
     assert (opt2.calls, opt2.evaluation) == (opt.calls, opt.evaluation)
     torch.testing.assert_close(flat(resumed), flat(whole), rtol=1e-5, atol=1e-6)
+
+
+def test_alice_trainer_in_bf16(tmp_path):
+    model = tiny_gpt2()
+    trainer = AliceTrainer(model=model, train_dataset=Counting(), args=args(tmp_path, bf16=True, max_steps=12))
+    trainer.train()
+    assert trainer.accelerator.mixed_precision == "bf16" and trainer.optimizer.optimizer.calls == 11
+    assert torch.isfinite(flat(model)).all()
