@@ -140,9 +140,6 @@ def test_alice_trainer_resumes_from_a_checkpoint(tmp_path):
     torch.testing.assert_close(flat(resumed), flat(whole), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=False, reason="core: load_state_dict reads pending_sigma from the groups it stripped of "
-                   "counters, so a step planned before the scheduler changed the lr resumes with the new lr "
-                   "(fix in _checkpoint.parse_state_dict: read it from saved_groups)")
 def test_closure_free_trainer_resumes_from_a_checkpoint(tmp_path):
     """The linear schedule changes the lr at every step, also inside a sampling step."""
     def run(resume=None):

@@ -154,7 +154,7 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
     phase = saved_groups[0].get("phase", "center") if saved_groups else "center"
     if phase not in ("plus", "minus", "center"):
         _fail(f"phase is {phase!r} (must be 'plus', 'minus' or 'center')")
-    sigmas = [g.get("pending_sigma", _schedule.as_float(g["lr"])) for g in groups]
+    sigmas = [s.get("pending_sigma", _schedule.as_float(g["lr"])) for s, g in zip(saved_groups, groups)]
     if any(not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in sigmas):
         _fail(f"pending_sigma is {sigmas!r} (must be finite numbers >= 0)")
     return Loaded(groups, records, quick_steps, seed, calls, skipped, phase, sigmas)

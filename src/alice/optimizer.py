@@ -215,6 +215,7 @@ class Alice(Optimizer):
         self._skipped_seen: Tensor | None = None  # a host copy, refreshed without waiting
         self._warned = 0
         self._in_step = False
+        self._closure_checked = False  # a framework's closure is checked once (Lightning)
         self.evaluation: str | None = None  # "plus", "minus" or "center": the point being evaluated
         self._pending: _Call | None = None  # closure-free mode: the Alice step in progress
         self._phase = "center"  # closure-free mode: which of its gradients comes next
@@ -380,6 +381,15 @@ class Alice(Optimizer):
                     else:
                         p.grad.detach_().requires_grad_(False).zero_()
 
+    def _check_framework_closure(self, closure) -> None:
+        """Lightning wraps its closure (a ``functools.partial``); its settings that would
+        make Alice silently wrong (clipping each evaluation) are checked once."""
+        module = getattr(getattr(closure, "func", None), "__module__", "") or ""
+        if module.startswith(("lightning.", "pytorch_lightning.")):
+            from .integrations.lightning import check_closure
+
+            check_closure(self, closure)
+
     def _refuse_outside_gradients(self) -> None:
         for b in self._state.buckets:
             if b.foreign_gradients():
@@ -417,6 +427,9 @@ class Alice(Optimizer):
         try:
             if self.closure_free:
                 return self._consume(closure)
+            if not self._closure_checked:
+                self._closure_checked = True
+                self._check_framework_closure(closure)
             self._refuse_outside_gradients()
             return self._step(closure)
         finally:
