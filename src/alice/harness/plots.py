@@ -1,7 +1,8 @@
 """Figures of a comparison: train loss and the validation target metric against steps,
 gradient evaluations and seconds, side by side, so no axis is chosen for anyone.
 
-Curves are the mean over seeds with a shaded 95% t-interval. Steps and gradient
+Curves are the mean over seeds with a shaded 95% t-interval; losses are averaged in
+log space (a geometric mean), so their bands stay positive on the log axis. Steps and gradient
 evaluations are the same for every seed of an optimizer; on the seconds axis the
 x position of a point is the mean over seeds of the time at which it was reached.
 """
@@ -55,11 +56,15 @@ def figure(cell: dict[str, list[list[dict]]], target, title: str, path: Path) ->
         metric = np.array([[np.nan if r[target.metric] is None else r[target.metric] for r in run] for run in runs])
         x_eval = {axis: np.mean([[r[axis] for r in run] for run in runs], 0) for axis in AXES}
         for col, axis in enumerate(AXES):
-            for row, (x, series) in enumerate(((x_step[axis], _smooth(losses, window)), (x_eval[axis], metric))):
-                mean, half = _band(series)
+            for row, (x, series, log) in enumerate(((x_step[axis], _smooth(losses, window), True),
+                                                     (x_eval[axis], metric, not target.higher_is_better))):
+                mean, half = _band(np.log(series) if log else series)
+                low, high = mean - half, mean + half
+                if log:
+                    mean, low, high = np.exp(mean), np.exp(low), np.exp(high)
                 ax = axes[row, col]
                 ax.plot(x, mean, color=color, label=f"{name} (n={len(runs)})", lw=1.6)
-                ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+                ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
     for col, axis in enumerate(AXES):
         axes[0, col].set_yscale("log")
         axes[0, col].set_ylabel("train loss (moving average)")
@@ -68,8 +73,10 @@ def figure(cell: dict[str, list[list[dict]]], target, title: str, path: Path) ->
         for row in (0, 1):
             axes[row, col].set_xlabel(AXES[axis])
             axes[row, col].grid(alpha=0.3)
-    if not target.higher_is_better:
-        for col in range(3):
+    for col in range(3):
+        if target.higher_is_better:
+            axes[1, col].set_ylim(0, 1.02)  # accuracies; a band past 1 says only that seeds disagree
+        else:
             axes[1, col].set_yscale("log")
     axes[0, 0].legend(fontsize=9)
     fig.suptitle(f"{title}: mean over seeds, shaded 95% t-interval; dashed line: target {target}", fontsize=12)

@@ -19,6 +19,7 @@ import json
 import math
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ import torch
 from . import optimizers, records, stats
 from .models import ACTIVATIONS
 from .tasks import Splits, Task, batches, evaluate, get_task, loss_fn
+
+
+WARMUP_STEPS = 12  # past Alice's 10 warm-up sampling steps, so its quick step is compiled/warm too
 
 
 @dataclass
@@ -100,7 +104,7 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
     order = batches(len(splits.train), run.batch_size, torch.Generator().manual_seed(run.seed))
     attempt, evals, seconds = uuid.uuid4().hex, 0, 0.0
     losses, step_evals, step_seconds = [], [], []
-    calls = 0
+    calls, x, y = 0, None, None
 
     def closure():
         nonlocal calls
@@ -121,19 +125,23 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
             buffer.clear()
 
     checkpoint(0)
-    for step in range(1, run.steps + 1):
-        x, y = splits.train.take(next(order))
-        calls, start = 0, time.perf_counter()
-        loss = opt.step(closure)
-        value = float(loss.detach())  # waits for the device: the step's time is the time of its work
-        seconds += time.perf_counter() - start
-        evals += calls + optimizers.hvp_evals(opt, step)
-        losses.append(value if math.isfinite(value) else None)
-        step_evals.append(evals)
-        step_seconds.append(round(seconds, 6))
-        tick()
-        if step % run.eval_every == 0 or step == run.steps:
-            checkpoint(step)
+    with warnings.catch_warnings():
+        # create_graph=True (AdaHessian, Sophia) makes torch warn of a grad<->param reference
+        # cycle; the closure sets every .grad to None before each backward, which breaks it.
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        for step in range(1, run.steps + 1):
+            x, y = splits.train.take(next(order))
+            calls, start = 0, time.perf_counter()
+            loss = opt.step(closure)
+            value = float(loss.detach())  # waits for the device: the step's time is the time of its work
+            seconds += time.perf_counter() - start
+            evals += calls + optimizers.hvp_evals(opt, step)
+            losses.append(value if math.isfinite(value) else None)
+            step_evals.append(evals)
+            step_seconds.append(round(seconds, 6))
+            tick()
+            if step % run.eval_every == 0 or step == run.steps:
+                checkpoint(step)
 
 
 def _grid(center: float, size: int, factor: float) -> tuple[float, ...]:
@@ -180,6 +188,7 @@ def compare(settings: Settings) -> Path:
              for i in range(settings.sweep) for c in choices]
     total = (len(sweep) + (settings.seeds - sweep_seeds) * len(choices)) * steps
     tqdm = _tqdm()
+    warmed: set[str] = set()
     with tqdm(total=total, disable=not settings.progress, unit="step", dynamic_ncols=True) as bar:
         def execute(runs):
             for run in runs:
@@ -187,6 +196,11 @@ def compare(settings: Settings) -> Path:
                     bar.update(run.steps)
                     continue
                 bar.set_description(f"{label} {run.optimizer.label} lr={run.lr:g} seed {run.seed}")
+                if run.optimizer.label not in warmed:  # untimed: first calls pay for lazy initialisation
+                    warm = Run(label, run.optimizer, run.lr, run.seed, min(steps, WARMUP_STEPS), batch_size,
+                               steps, device.type)
+                    train(warm, task, settings.act, splits, device, lambda row: None, lambda: None)
+                    warmed.add(run.optimizer.label)
                 train(run, task, settings.act, splits, device, lambda row: writer.write({**row, **context}),
                       lambda: bar.update(1))
                 done.add(run.key)
