@@ -53,7 +53,7 @@ def test_cifar_pickle_directory(tmp_path):
     assert splits.train.x.shape == (30, 3, 32, 32) and len(splits.val) == 10 and len(splits.test) == 20
     assert abs(float(splits.train.x.mean())) < 1e-4  # normalised with train statistics
     with pytest.raises(FileNotFoundError, match="data_batch_1..5"):
-        tasks.load_cifar10(tmp_path)
+        tasks.load_cifar10(tmp_path / "cifar-10-batches-py" / "data_batch_1")
 
 
 def test_archive_found_in_data_dir_before_cache(tmp_path, monkeypatch):
