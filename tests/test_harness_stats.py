@@ -46,7 +46,9 @@ def test_winners_ties_overlapping_intervals():
     assert stats.winners({"a": [float("nan")] * 3, "b": [0.5] * 3}, True) == ["b"]
 
 
-def test_choose_lr_uses_validation_over_common_seeds():
-    runs = [run(1e-3, 0, [0.5, 0.80]), run(1e-2, 0, [0.5, 0.95]), run(1e-2, 1, [0.5, 0.10]),
-            run(1e-1, 0, [0.5, float("nan")])]
-    assert stats.choose_lr(runs, ACC) == 1e-2  # seed 1 is ignored: only 1e-2 ran it
+def test_choose_lr_uses_validation_loss_over_common_seeds():
+    def losses(lr, seed, final_loss):
+        return [dict(lr=lr, seed=seed, step=0, val_loss=2.3), dict(lr=lr, seed=seed, step=10, val_loss=final_loss)]
+
+    runs = [losses(1e-3, 0, 0.5), losses(1e-2, 0, 0.2), losses(1e-2, 1, 9.0), losses(1e-1, 0, float("nan"))]
+    assert stats.choose_lr(runs) == 1e-2  # seed 1 is ignored: only 1e-2 ran it

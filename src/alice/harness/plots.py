@@ -78,7 +78,8 @@ def figure(cell: dict[str, list[list[dict]]], target, title: str, path: Path) ->
             axes[1, col].set_ylim(0, 1.02)  # accuracies; a band past 1 says only that seeds disagree
         else:
             axes[1, col].set_yscale("log")
-    axes[0, 0].legend(fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=10)
     fig.suptitle(f"{title}: mean over seeds, shaded 95% t-interval; dashed line: target {target}", fontsize=12)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -55,7 +55,7 @@ def _chosen(by_lr: dict[float, list[list[dict]]], target) -> tuple[float, list[l
     """The lr to report: the only one, or the sweep's choice on validation."""
     if len(by_lr) == 1:
         return next(iter(by_lr.items()))
-    lr = stats.choose_lr([run for runs in by_lr.values() for run in runs], target)
+    lr = stats.choose_lr([run for runs in by_lr.values() for run in runs])
     return lr, by_lr[lr]
 
 
@@ -85,13 +85,19 @@ def _names(best: list[str], total: int) -> str:
     return ("tie: " if len(best) < total else "tie (all): ") + ", ".join(best)
 
 
+def _cell(optimizers: dict, target) -> tuple[dict[str, list[list[dict]]], dict[str, float]]:
+    """Optimizer -> the runs to report (the sweep's choice), and optimizer -> its lr."""
+    cell, chosen = {}, {}
+    for name, by_lr in optimizers.items():
+        chosen[name], cell[name] = _chosen(by_lr, target)
+    return cell, chosen
+
+
 def _cell_blocks(key: tuple, optimizers: dict, out: Path) -> list[tuple]:
     label, steps, batch_size, eval_every = key
     task = _task(label)
     target = task.target
-    cell, chosen = {}, {}
-    for name, by_lr in optimizers.items():
-        chosen[name], cell[name] = _chosen(by_lr, target)
+    cell, chosen = _cell(optimizers, target)
     heads = [runs[0][0] for runs in cell.values()]
     seeds = sorted({len(runs) for runs in cell.values()})
     blocks = [
@@ -114,7 +120,7 @@ def _cell_blocks(key: tuple, optimizers: dict, out: Path) -> list[tuple]:
         metric = lambda m: [stats.final(run, m) for run in runs]  # noqa: E731
         last_losses = [statistics.fmean([v for v in run[-1]["train_loss"] if v is not None] or [math.nan])
                        for run in runs]
-        final_rows.append([name, f"{chosen[name]:g}", str(len(runs)), _interval(last_losses),
+        final_rows.append([name, f"{chosen[name]:.3g}", str(len(runs)), _interval(last_losses),
                            _interval(metric("val_loss")), _interval(metric("val_acc")),
                            _interval(metric("test_loss")), _interval(metric("test_acc")),
                            _interval(metric("grad_evals"), 5), _interval(metric("seconds"), 3)])
@@ -134,11 +140,11 @@ def _cell_blocks(key: tuple, optimizers: dict, out: Path) -> list[tuple]:
         sweep_rows = []
         for name, by_lr in sweeps.items():
             for lr, runs in sorted(by_lr.items()):
-                values = [stats.final(run, target.metric) for run in runs]
-                sweep_rows.append([name, f"{lr:g}", str(len(runs)), _interval(values),
+                losses, values = ([stats.final(run, m) for run in runs] for m in ("val_loss", target.metric))
+                sweep_rows.append([name, f"{lr:.3g}", str(len(runs)), _interval(losses), _interval(values),
                                    "chosen" if lr == chosen[name] else ""])
-        blocks += [("h3", "Learning-rate sweep (chosen on validation, over the seeds every lr ran)"),
-                   ("table", ["optimizer", "lr", "seeds", f"final {target.metric}", ""], sweep_rows)]
+        blocks += [("h3", "Learning-rate sweep (lowest final validation loss over the seeds every lr ran)"),
+                   ("table", ["optimizer", "lr", "seeds", "final val_loss", f"final {target.metric}", ""], sweep_rows)]
     return blocks
 
 
@@ -163,7 +169,17 @@ def build(rows: list[dict], out: Path) -> list[tuple]:
     ]
     if commands:
         blocks += [("p", "Commands:"), ("code", "\n".join(commands))]
-    for key, optimizers in sorted(_cells(rows).items()):
+    cells = sorted(_cells(rows).items())
+    summary = []
+    for (label, steps, *_), optimizers in cells:
+        target = _task(label).target
+        winners = _winner_rows(_cell(optimizers, target)[0], target)
+        summary.append([f"{label} ({steps} steps)"] + [w[2] for w in winners[:3]])
+    blocks += [("h2", "Summary: who wins on each axis"),
+               ("p", "Best test metric (accuracy; loss for charlm) at an equal budget of steps, gradient "
+                     "evaluations and seconds; a tie when 95% intervals overlap. Details per task below."),
+               ("table", ["task", "steps", "gradient evaluations", "seconds"], summary)]
+    for key, optimizers in cells:
         blocks += _cell_blocks(key, optimizers, out)
     return blocks
 

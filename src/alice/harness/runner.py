@@ -9,7 +9,7 @@ fall on all optimizers alike.
 
 With ``sweep = K > 1`` each optimizer first runs ``K`` learning rates (its default
 times ``sweep_factor ** j`` for ``j`` centred on 0) on the first ``sweep_seeds`` seeds;
-the lr with the best mean final validation metric is then run on every seed, and
+the lr with the lowest mean final validation loss is then run on every seed, and
 only those runs are reported on test. Every optimizer gets the same grid size.
 """
 
@@ -146,7 +146,7 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
 
 def _grid(center: float, size: int, factor: float) -> tuple[float, ...]:
     """``size`` learning rates spaced by ``factor`` and centred (geometrically) on ``center``."""
-    return tuple(float(f"{center * factor ** (j - (size - 1) / 2):.4g}") for j in range(size))
+    return tuple(float(f"{center * factor ** (j - (size - 1) / 2):.3g}") for j in range(size))
 
 
 def compare(settings: Settings) -> Path:
@@ -210,7 +210,7 @@ def compare(settings: Settings) -> Path:
             finished = records.finished_runs(records.read_rows(path))
             for c in choices:
                 keys = {run.key for run in sweep if run.optimizer is c}
-                lrs[c.label] = stats.choose_lr([finished[k] for k in keys], task.target)
+                lrs[c.label] = stats.choose_lr([finished[k] for k in keys])
         execute([make(c, lrs[c.label], seed, grids[c.label] if sweep else ()) for seed in range(settings.seeds)
                  for c in choices])
     return report.write_report(out)
