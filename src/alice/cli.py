@@ -43,7 +43,8 @@ def _compare(args: argparse.Namespace) -> int:
     settings = Settings(
         task=args.task, optimizers=tuple(args.optimizers or ("alice", "adam")), seeds=args.seeds,
         steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every, sweep=args.sweep,
-        sweep_factor=args.sweep_factor, sweep_seeds=args.sweep_seeds, act=args.act, data=args.data,
+        sweep_factor=args.sweep_factor, sweep_seeds=args.sweep_seeds, act=args.act, threads=args.threads,
+        data=args.data,
         device=args.device, out=Path(args.out), progress=args.progress, command=args.command,
     )
     path = compare(settings)
@@ -96,6 +97,8 @@ def _add_compare_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--sweep-seeds", type=_positive_int, default=1,
                    help="seeds each lr of the sweep runs before the choice (default %(default)s)")
     p.add_argument("--act", default="relu", help="activation of hidden layers: relu or gelu (default relu)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: steady timings on small models and busy machines)")
     p.add_argument("--data", help="data file or directory (default: fetched once into the cache, "
                    "or $ALICE_DATA_DIR)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

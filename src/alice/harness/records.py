@@ -98,8 +98,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: torch.device, threads: int) -> str:
     """The hardware a run used, in words: the GPU's name, or the CPU's with its threads."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU: {_cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return f"CPU: {_cpu_name()}, {os.cpu_count()} cores, torch threads {threads}"

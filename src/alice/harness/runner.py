@@ -16,6 +16,8 @@ only those runs are reported on test. Every optimizer gets the same grid size.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 import math
 import time
 import uuid
@@ -47,6 +49,7 @@ class Settings:
     sweep_factor: float = 3.0
     sweep_seeds: int = 1
     act: str = "relu"
+    threads: int = 1
     data: str | None = None
     device: str = "cpu"
     out: Path = Path("runs/compare")
@@ -163,10 +166,12 @@ def compare(settings: Settings) -> Path:
     batch_size = settings.batch_size or task.batch_size
     eval_every = settings.eval_every or max(1, steps // 10)
     for name, value in (("--seeds", settings.seeds), ("--steps", steps), ("--batch-size", batch_size),
-                        ("--eval-every", eval_every), ("--sweep", settings.sweep),
+                        ("--eval-every", eval_every), ("--sweep", settings.sweep), ("--threads", settings.threads),
                         ("--sweep-seeds", settings.sweep_seeds)):
         _positive(name, value)
     _positive("--sweep-factor", settings.sweep_factor, (int, float))
+    if settings.sweep > 1 and settings.sweep_factor <= 1:
+        raise ValueError(f"Invalid --sweep-factor: {settings.sweep_factor!r} (must be > 1 for a sweep)")
     device = _device(settings.device)
     lrs = {c.label: c.default_lr(task) for c in choices}  # fails early on a missing default
 
@@ -176,7 +181,7 @@ def compare(settings: Settings) -> Path:
     path = out / records.RESULTS
     writer = records.Writer(path)
     done = set(records.finished_runs(records.read_rows(path)))
-    context = dict(command=settings.command, versions=records.versions(), device=records.describe_device(device),
+    context = dict(command=settings.command, versions=records.versions(), device=records.describe_device(device, settings.threads),
                    data=splits.note)
 
     def make(choice, lr, seed, grid=()):
@@ -189,7 +194,8 @@ def compare(settings: Settings) -> Path:
     total = (len(sweep) + (settings.seeds - sweep_seeds) * len(choices)) * steps
     tqdm = _tqdm()
     warmed: set[str] = set()
-    with tqdm(total=total, disable=not settings.progress, unit="step", dynamic_ncols=True) as bar:
+    with tqdm(total=total, disable=not settings.progress, unit="step", dynamic_ncols=True) as bar, \
+            _threads(settings.threads):
         def execute(runs):
             for run in runs:
                 if run.key in done:
@@ -211,9 +217,23 @@ def compare(settings: Settings) -> Path:
             for c in choices:
                 keys = {run.key for run in sweep if run.optimizer is c}
                 lrs[c.label] = stats.choose_lr([finished[k] for k in keys])
-        execute([make(c, lrs[c.label], seed, grids[c.label] if sweep else ()) for seed in range(settings.seeds)
-                 for c in choices])
+        # The first sweep_seeds seeds already ran the chosen lr inside the sweep.
+        execute([make(c, lrs[c.label], seed, grids[c.label] if sweep else ())
+                 for seed in range(sweep_seeds, settings.seeds) for c in choices])
     return report.write_report(out)
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Run torch's CPU work on ``count`` intra-op threads (default 1). The harness's models are
+    small, and on a machine whose cores are busy several threads wait on each other, making
+    seconds-per-step swing tenfold; one thread keeps CPU timings comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _tqdm():
