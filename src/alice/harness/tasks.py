@@ -241,22 +241,24 @@ class Task:
         return self.name if act == "relu" or not self.has_act else f"{self.name}/{act}"
 
 
+# Default learning rates: the best final validation loss of a 5-point sweep (factor 3) on
+# CPU, 1 seed, at the default steps (mnist-cnn and charlm: shorter sweeps, see README).
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("digits-mlp", "MLP 64-64-10 on scikit-learn's 8x8 digits (seconds; the CI smoke task)",
          load_digits, lambda act: models.mlp([64, 64, 10], act), Target("val_acc", 0.95), 64, 300,
-         dict(alice=3e-2, adam=1e-2, adamw=1e-2, sgd=1e-1, adahessian=1e-1, sophia=1e-2)),
+         dict(alice=3e-2, adam=1e-2, adamw=1e-2, sgd=3e-1, adahessian=3e-1, sophia=1e-1)),
     Task("mnist-mlp", "MLP 784-128-10 on the 5,000-image MNIST subset",
-         load_mnist, lambda act: models.mlp([784, 128, 10], act), Target("val_acc", 0.92), 100, 500,
-         dict(alice=1e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=1e-1, sophia=1e-2)),
+         load_mnist, lambda act: models.mlp([784, 128, 10], act), Target("val_acc", 0.90), 100, 500,
+         dict(alice=3e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
     Task("mnist-cnn", "two-layer CNN (conv 16, conv 32, linear) on the MNIST subset",
          load_mnist, models.small_cnn, Target("val_acc", 0.95), 100, 500,
-         dict(alice=1e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=1e-1, sophia=1e-2)),
-    Task("charlm", "byte-level transformer (2 blocks, width 128, context 64) on Shakespeare's plays",
-         load_texts, lambda act: models.CharTransformer(act, CONTEXT), Target("val_loss", 2.0), 32, 500,
-         dict(alice=3e-3, adam=3e-3, adamw=3e-3, sgd=3e-1, adahessian=1e-1, sophia=1e-2)),
+         dict(alice=1e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=3e-2)),
+    Task("charlm", "byte-level transformer (2 blocks, width 64, context 64) on Shakespeare's plays",
+         load_texts, lambda act: models.CharTransformer(act, CONTEXT), Target("val_loss", 2.2), 32, 500,
+         dict(alice=3e-3, adam=3e-3, adamw=3e-3, sgd=3e-1, adahessian=3e-2, sophia=1e-2)),
     Task("logreg", "logistic regression on scikit-learn's breast cancer (smooth: no kinks)",
-         load_breast_cancer, lambda act: models.mlp([30, 2], act), Target("val_acc", 0.96), 32, 300,
-         dict(alice=3e-2, adam=1e-2, adamw=1e-2, sgd=1e-1, adahessian=1e-1, sophia=1e-2), has_act=False),
+         load_breast_cancer, lambda act: models.mlp([30, 2], act), Target("val_acc", 0.90), 32, 300,
+         dict(alice=3e-2, adam=3e-3, adamw=3e-3, sgd=1e-2, adahessian=1e-2, sophia=1e-1), has_act=False),
     Task("cifar10-resnet18", "ResNet-18 (CIFAR geometry) on CIFAR-10 from a local directory, batch 100",
          load_cifar10, models.resnet18, Target("val_acc", 0.70), 100, 2000,
          dict(alice=1e-2, adam=1e-3, adamw=1e-3, sgd=5e-2, adahessian=1e-1, sophia=1e-2)),
