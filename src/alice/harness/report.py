@@ -39,7 +39,8 @@ def _cells(rows: list[dict]) -> dict[tuple, dict[str, dict[float, list[list[dict
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in records.finished_runs(rows).values():
         head = run[0]
-        cells[head["task"], head["steps"], head["batch_size"], head["eval_every"]][head["optimizer"]][head["lr"]].append(run)
+        key = head["task"], head["steps"], head["batch_size"], head["eval_every"]
+        cells[key][head["optimizer"]][head["lr"]].append(run)
     for optimizers in cells.values():
         for by_lr in optimizers.values():
             for runs in by_lr.values():
@@ -51,7 +52,7 @@ def _task(label: str):
     return TASKS[label.split("/")[0]]
 
 
-def _chosen(by_lr: dict[float, list[list[dict]]], target) -> tuple[float, list[list[dict]]]:
+def _chosen(by_lr: dict[float, list[list[dict]]]) -> tuple[float, list[list[dict]]]:
     """The lr to report: the only one, or the sweep's choice on validation."""
     if len(by_lr) == 1:
         return next(iter(by_lr.items()))
@@ -66,14 +67,16 @@ def _winner_rows(cell: dict[str, list[list[dict]]], target) -> list[list[str]]:
     rows = []
     for axis, unit in stats.AXES.items():
         budget = min(statistics.fmean([run[-1][axis] for run in runs]) for runs in cell.values())
-        samples = {name: [stats.at_budget(run, axis, budget)[test_metric] for run in runs] for name, runs in cell.items()}
+        samples = {name: [stats.at_budget(run, axis, budget)[test_metric] for run in runs]
+                   for name, runs in cell.items()}
         best = stats.winners(samples, higher)
         rows.append([unit, f"{test_metric} at equal budget ({budget:.4g} {unit})", _names(best, len(cell))])
     for axis, unit in stats.AXES.items():
         reached = {name: [stats.time_to_target(run, target) for run in runs] for name, runs in cell.items()}
         samples = {name: [t[axis] for t in times] for name, times in reached.items() if all(times)}
         best = stats.winners(samples, higher_is_better=False)
-        rows.append([unit, f"{unit} to reach {target} (all seeds)", _names(best, len(cell)) if samples else "none reached"])
+        rows.append([unit, f"{unit} to reach {target} (all seeds)",
+                     _names(best, len(cell)) if samples else "none reached on all seeds"])
     return rows
 
 
@@ -85,11 +88,11 @@ def _names(best: list[str], total: int) -> str:
     return ("tie: " if len(best) < total else "tie (all): ") + ", ".join(best)
 
 
-def _cell(optimizers: dict, target) -> tuple[dict[str, list[list[dict]]], dict[str, float]]:
+def _cell(optimizers: dict) -> tuple[dict[str, list[list[dict]]], dict[str, float]]:
     """Optimizer -> the runs to report (the sweep's choice), and optimizer -> its lr."""
     cell, chosen = {}, {}
     for name, by_lr in optimizers.items():
-        chosen[name], cell[name] = _chosen(by_lr, target)
+        chosen[name], cell[name] = _chosen(by_lr)
     return cell, chosen
 
 
@@ -97,7 +100,7 @@ def _cell_blocks(key: tuple, optimizers: dict, out: Path) -> list[tuple]:
     label, steps, batch_size, eval_every = key
     task = _task(label)
     target = task.target
-    cell, chosen = _cell(optimizers, target)
+    cell, chosen = _cell(optimizers)
     heads = [runs[0][0] for runs in cell.values()]
     seeds = sorted({len(runs) for runs in cell.values()})
     blocks = [
@@ -173,7 +176,7 @@ def build(rows: list[dict], out: Path) -> list[tuple]:
     summary = []
     for (label, steps, *_), optimizers in cells:
         target = _task(label).target
-        winners = _winner_rows(_cell(optimizers, target)[0], target)
+        winners = _winner_rows(_cell(optimizers)[0], target)
         summary.append([f"{label} ({steps} steps)"] + [w[2] for w in winners[:3]])
     blocks += [("h2", "Summary: who wins on each axis"),
                ("p", "Best test metric (accuracy; loss for charlm) at an equal budget of steps, gradient "
