@@ -41,3 +41,11 @@ def test_bad_options_exit_with_a_clear_error(argv, message, capsys):
         main(argv + ["--no-progress"] if argv[0] == "compare" else argv)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_demo_is_the_readme_comparison(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default mnist-mlp" in text and "(default 2)" in text and "(default runs/demo)" in text
