@@ -38,7 +38,7 @@ compare() {
         "${optimizers[@]}" --out "$out" "$@"
 }
 if [ "${REDUCED:-0}" = 1 ]; then  # the CPU run in docs/study: fewer steps, smaller text batches
-    mlp=(--steps 300) cnn=(--steps 200) lm=(--steps 200 --batch-size 8)
+    mlp=(--steps 300) cnn=(--steps 150 --batch-size 32) lm=(--steps 150 --batch-size 8)
 else
     mlp=(--steps 1000) cnn=(--steps 1000) lm=(--steps 800)
 fi

@@ -145,10 +145,17 @@ def _cell_blocks(key: tuple, optimizers: dict, out: Path) -> list[tuple]:
             for lr, runs in sorted(by_lr.items()):
                 losses, values = ([stats.final(run, m) for run in runs] for m in ("val_loss", target.metric))
                 sweep_rows.append([name, f"{lr:.3g}", str(len(runs)), _interval(losses), _interval(values),
-                                   "chosen" if lr == chosen[name] else ""])
+                                   _choice_note(lr, chosen[name], sorted(by_lr))])
         blocks += [("h3", "Learning-rate sweep (lowest final validation loss over the seeds every lr ran)"),
                    ("table", ["optimizer", "lr", "seeds", "final val_loss", f"final {target.metric}", ""], sweep_rows)]
     return blocks
+
+
+def _choice_note(lr: float, chosen: float, grid: list[float]) -> str:
+    """Mark the chosen lr, and warn when it sits at an end of the grid (the best may lie beyond)."""
+    if lr != chosen:
+        return ""
+    return "chosen, at the grid's edge" if lr in (grid[0], grid[-1]) else "chosen"
 
 
 def build(rows: list[dict], out: Path) -> list[tuple]:
