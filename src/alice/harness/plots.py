@@ -46,25 +46,39 @@ def figure(cell: dict[str, list[list[dict]]], target, title: str, path: Path) ->
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), constrained_layout=True)
     colors = plt.get_cmap("tab10")
+    limits: dict[int, list[float]] = {0: [], 1: []}  # y values that set the log panels' ranges
     for i, (name, runs) in enumerate(cell.items()):
         color = colors(i % 10)
         losses = np.array([[np.nan if v is None else v for v in s] for s in per_step(runs, "train_loss")])
-        window = max(1, losses.shape[1] // 50)
+        smooth = _smooth(losses, max(1, losses.shape[1] // 50))
+        # A run that diverged, or seeds 10x apart at the end, would stretch a band over the whole
+        # panel and hide everyone else: draw its mean only, and say so in the legend.
+        ends = smooth[:, -1]
+        unstable = not np.all(np.isfinite(ends)) or ends.max() > 10 * ends.min()
+        label = f"{name} (n={len(runs)})" + (": seeds >10x apart, no band" if unstable else "")
         x_step = {"step": np.arange(1, losses.shape[1] + 1),
                   "grad_evals": np.mean(per_step(runs, "step_evals"), 0),
                   "seconds": np.mean(per_step(runs, "step_seconds"), 0)}
         metric = np.array([[np.nan if r[target.metric] is None else r[target.metric] for r in run] for run in runs])
         x_eval = {axis: np.mean([[r[axis] for r in run] for run in runs], 0) for axis in AXES}
         for col, axis in enumerate(AXES):
-            for row, (x, series, log) in enumerate(((x_step[axis], _smooth(losses, window), True),
+            for row, (x, series, log) in enumerate(((x_step[axis], smooth, True),
                                                      (x_eval[axis], metric, not target.higher_is_better))):
                 mean, half = _band(np.log(series) if log else series)
                 low, high = mean - half, mean + half
                 if log:
                     mean, low, high = np.exp(mean), np.exp(low), np.exp(high)
+                    if not unstable:
+                        limits[row] += [mean[0], np.nanmin(mean)]
                 ax = axes[row, col]
-                ax.plot(x, mean, color=color, label=f"{name} (n={len(runs)})", lw=1.6)
-                ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
+                ax.plot(x, mean, color=color, label=label, lw=1.6)
+                if not unstable:
+                    ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
+    for row, values in limits.items():
+        finite = [v for v in values if np.isfinite(v) and v > 0]
+        if finite:
+            for col in range(3):
+                axes[row, col].set_ylim(0.8 * min(finite), 1.5 * max(finite))
     for col, axis in enumerate(AXES):
         axes[0, col].set_yscale("log")
         axes[0, col].set_ylabel("train loss (moving average)")

@@ -85,7 +85,8 @@ def _names(best: list[str], total: int) -> str:
         return "no finite result"
     if len(best) == 1:
         return f"**{best[0]}**"
-    return ("tie: " if len(best) < total else "tie (all): ") + ", ".join(best)
+    # winners() lists the tied by mean, best first.
+    return ("tie: " if len(best) < total else "tie (all): ") + f"{best[0]} (best mean), " + ", ".join(best[1:])
 
 
 def _cell(optimizers: dict) -> tuple[dict[str, list[list[dict]]], dict[str, float]]:
