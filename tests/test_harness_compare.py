@@ -3,6 +3,7 @@ learning, gradient-evaluation counts, resume after an interruption, the report."
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,12 @@ def test_report_html_is_self_contained(tmp_path):
 def test_bad_settings_name_the_argument_and_the_valid_values(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         run(tmp_path, steps=2, **kw)
+
+
+def test_missing_optional_package_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"SophiaH .*pip install 'alice-optimizer\[baselines\]'"):
+        run(tmp_path, optimizers=("sophia",), steps=2)
 
 
 def test_any_torch_optimizer_by_class(tmp_path):

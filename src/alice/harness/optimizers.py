@@ -32,7 +32,8 @@ def _pytorch_optimizer(name: str):
         module = importlib.import_module("pytorch_optimizer")
     except ImportError as error:
         raise ImportError(
-            f"--optimizer {name.lower()} needs pytorch-optimizer: pip install 'alice-optimizer[baselines]'"
+            f"{name} (--optimizer adahessian, sophia) needs pytorch-optimizer: "
+            "pip install 'alice-optimizer[baselines]'"
         ) from error
     return getattr(module, name)
 
