@@ -224,7 +224,7 @@ def load_texts(path=None) -> Splits:
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark: how to load it, the model, and its defaults (tuned on CPU, see README)."""
+    """One benchmark: how to load it, the model, its target and its defaults (lrs: see TASKS)."""
 
     name: str
     summary: str
