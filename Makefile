@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-# Where a CPU-only machine gets a CPU build of torch when none is on disk.
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# PyTorch's CPU-only wheel index, for a machine with neither torch nor an NVIDIA driver
+# (README, Quick start). Empty: pip's own configured indexes must offer the +cpu build.
+TORCH_CPU_INDEX ?=
 
 .PHONY: demo test bench clean
 
@@ -18,19 +19,22 @@ $(BIN)/activate:
 
 # torch: keep an existing one; else the pinned release from a wheel on disk
 # (pip's find-links; its dependencies then from the index), else from the index
-# on machines with an NVIDIA driver, else a CPU build: never CUDA wheels on a CPU machine.
+# on machines with an NVIDIA driver, else the +cpu build (a local version that only CPU
+# indexes carry): never CUDA wheels on a CPU machine.
 PIP := $(BIN)/python -m pip install -q
 $(VENV)/.torch: $(BIN)/activate
 	@$(BIN)/python -c "import torch" 2>/dev/null \
 	|| { $(PIP) --no-index --no-deps "$(TORCH)" 2>/dev/null && $(PIP) "$(TORCH)"; } \
 	|| { command -v nvidia-smi >/dev/null && $(PIP) "$(TORCH)"; } \
-	|| $(PIP) "$(TORCH)" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple
+	|| $(PIP) "$(TORCH)+cpu" $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX)) \
+	|| { echo "No CPU build of $(TORCH): set TORCH_CPU_INDEX (see README, Quick start)"; exit 1; }
 	@touch $@
 
 $(VENV)/.deps: $(VENV)/.torch pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,demo]"
+	$(BIN)/python -m pip install -q -e ".[test,compare,baselines]"
 	@touch $@
 
+# The README's small comparison: mnist-mlp, Alice vs Adam, 2 seeds (a few minutes on 2 CPU cores).
 demo: $(VENV)/.deps
 	$(BIN)/python -m alice demo
 

@@ -1,8 +1,18 @@
-"""The ``alice`` command line: ``alice demo [--epochs N] [--seeds K] [--out PATH] [--no-progress]``."""
+"""The ``alice`` command line; parsing only, each subcommand imports its module lazily.
+
+``alice compare`` runs a comparison, ``alice report`` rewrites a report from its results
+file, ``alice tasks`` and ``alice optimizers`` list what can be compared, and
+``alice demo`` is the README's small comparison (mnist-mlp, Alice vs Adam, 2 seeds).
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DEMO = dict(task="mnist-mlp", optimizers=["alice", "adam"], seeds=2, out="runs/demo")
 
 
 def _positive_int(text: str) -> int:
@@ -16,43 +26,122 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Run the Alice vs Adam comparison on digits."""
-    from .demo import run_demo
+def _positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
-    run_demo(epochs=args.epochs, seeds=args.seeds, out=args.out, progress=args.progress)
-    print(f"Report written to {args.out}")
+
+def _compare(args: argparse.Namespace) -> int:
+    from .harness.runner import Settings, compare
+
+    settings = Settings(
+        task=args.task, optimizers=tuple(args.optimizers or ("alice", "adam")), seeds=args.seeds,
+        steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every, sweep=args.sweep,
+        sweep_factor=args.sweep_factor, sweep_seeds=args.sweep_seeds, act=args.act, threads=args.threads,
+        data=args.data,
+        device=args.device, out=Path(args.out), progress=args.progress, command=args.command,
+    )
+    path = compare(settings)
+    print(f"Report: {path} and {path.with_suffix('.html')} (results: {path.parent / 'results.jsonl'})")
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The parser of ``alice`` and its subcommands."""
-    from .demo import DEFAULT_EPOCHS, DEFAULT_OUT, DEFAULT_SEEDS
+def _report(args: argparse.Namespace) -> int:
+    from .harness.report import write_report
 
+    path = write_report(Path(args.out))
+    print(f"Report: {path} and {path.with_suffix('.html')}")
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from .harness.tasks import TASKS
+
+    for task in TASKS.values():
+        lrs = ", ".join(f"{k} {v:g}" for k, v in task.lrs.items())
+        print(f"{task.name:18} {task.summary}\n{'':18} target {task.target}; {task.steps} steps, "
+              f"batch {task.batch_size}; default lr: {lrs}")
+    return 0
+
+
+def _optimizers(args: argparse.Namespace) -> int:
+    from .harness.optimizers import OPTIMIZERS
+
+    for name, spec in OPTIMIZERS.items():
+        print(f"{name:16} {spec.summary}")
+    print(f"{'module:Class':16} any torch.optim-style class, e.g. torch.optim:RMSprop,lr=1e-3,alpha=0.9")
+    return 0
+
+
+def _add_compare_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
+    p.add_argument("--task", default=defaults.get("task", "digits-mlp"),
+                   help="task to run (see `alice tasks`; default %(default)s)")
+    p.add_argument("--optimizer", dest="optimizers", action="append", default=defaults.get("optimizers"),
+                   metavar="SPEC", help="NAME[,key=value...] or module:Class[,key=value...]; repeat for "
+                   "several (see `alice optimizers`; default: alice and adam)")
+    p.add_argument("--seeds", type=_positive_int, default=defaults.get("seeds", 3),
+                   help="seeds per optimizer (default %(default)s)")
+    p.add_argument("--steps", type=_positive_int, help="optimizer steps per run (default: the task's)")
+    p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: the task's)")
+    p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations (default: steps/10)")
+    p.add_argument("--sweep", type=_positive_int, default=1, metavar="K",
+                   help="learning rates per optimizer, chosen on validation (default 1: no sweep)")
+    p.add_argument("--sweep-factor", type=_positive_float, default=3.0,
+                   help="ratio between neighbouring lrs of the sweep (default %(default)s)")
+    p.add_argument("--sweep-seeds", type=_positive_int, default=1,
+                   help="seeds each lr of the sweep runs before the choice (default %(default)s)")
+    p.add_argument("--act", default="relu", help="activation of hidden layers: relu or gelu (default relu)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: steady timings on small models and busy machines)")
+    p.add_argument("--data", help="data file or directory (default: fetched once into the cache, "
+                   "or $ALICE_DATA_DIR)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--out", default=defaults.get("out", "runs/compare"),
+                   help="output directory: results.jsonl, report.md, report.html, figures (default %(default)s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.set_defaults(handler=_compare)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="alice", description="Alice, the expected-loss curvature optimizer (arXiv 2411.16914)."
-    )
+        prog="alice", description="Alice, the expected-loss curvature optimizer (arXiv 2411.16914).")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    compare = commands.add_parser(
+        "compare", help="compare optimizers on a real task; writes results, plots and a report",
+        description="Train a task with each optimizer over several seeds; record loss, gradient "
+        "evaluations and time per step; write results.jsonl (resumable), figures, report.md and report.html.")
+    _add_compare_arguments(compare, {})
     demo = commands.add_parser(
-        "demo", help="compare Alice and Adam on scikit-learn's digits (CPU, seconds)",
-        description="Train a small MLP on scikit-learn's digits with Alice and Adam over a few "
-        "seeds, print a comparison table and write it as Markdown.",
-    )
-    demo.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
-                      help=f"epochs per run (default {DEFAULT_EPOCHS})")
-    demo.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS,
-                      help=f"seeds per optimizer (default {DEFAULT_SEEDS})")
-    demo.add_argument("--out", default=str(DEFAULT_OUT), help=f"Markdown report path (default {DEFAULT_OUT})")
-    demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-    demo.set_defaults(handler=_demo)
+        "demo", help="the small comparison of the README: mnist-mlp, Alice vs Adam, 2 seeds",
+        description="alice compare with the README's small settings; every option of compare applies.")
+    _add_compare_arguments(demo, DEMO)
+    report = commands.add_parser("report", help="rewrite the report of an output directory from its results")
+    report.add_argument("--out", default="runs/compare", help="output directory (default %(default)s)")
+    report.set_defaults(handler=_report)
+    commands.add_parser("tasks", help="list the tasks").set_defaults(handler=_tasks)
+    commands.add_parser("optimizers", help="list the optimizers").set_defaults(handler=_optimizers)
+    from .diagnostics.cli import add_parser as add_probe  # its handler imports the probe lazily
+
+    add_probe(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``alice`` console script and of ``python -m alice``."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    return args.handler(args)
+    args.command = shlex.join(["alice", *argv])
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        parser.exit(2, f"alice: error: {error}\n")

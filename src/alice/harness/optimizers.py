@@ -1,0 +1,154 @@
+"""The optimizers ``alice compare`` can run, and the ``--optimizer`` syntax.
+
+``--optimizer NAME[,key=value...]`` picks a registered optimizer (``alice optimizers``
+lists them) and ``--optimizer module:Class[,key=value...]`` any ``torch.optim``-style
+class; ``lr=`` sets the learning rate (else the task's default for that optimizer).
+Values are Python literals (``betas=(0.9,0.99)``, ``nesterov=True``).
+
+Gradient evaluations are counted honestly: every closure call is one, and the
+Hessian-vector products of AdaHessian and Sophia-H (Hutchinson estimates made by
+``pytorch-optimizer`` on steps ``1, 1 + k, 1 + 2k, ...`` with ``update_period = k``)
+count one each per noise sample, since each costs about one more backward pass.
+Those two also need ``backward(create_graph=True)``, as their documentation says.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+import alice
+
+from .tasks import Task
+
+
+def _pytorch_optimizer(name: str):
+    """A class of the optional ``pytorch-optimizer`` package, or an error naming the extra."""
+    try:
+        module = importlib.import_module("pytorch_optimizer")
+    except ImportError as error:
+        raise ImportError(
+            f"{name} (--optimizer adahessian, sophia) needs pytorch-optimizer: "
+            "pip install 'alice-optimizer[baselines]'"
+        ) from error
+    return getattr(module, name)
+
+
+def _alice(preset: str, **fixed) -> Callable:
+    return lambda params, lr, seed, model, **kw: alice.Alice.preset(
+        preset, params, lr=lr, seed=seed, model=model, **{**fixed, **kw})
+
+
+def _torch(name: str, **fixed) -> Callable:
+    return lambda params, lr, seed, model, **kw: getattr(torch.optim, name)(params, lr=lr, **{**fixed, **kw})
+
+
+def _external(name: str) -> Callable:
+    return lambda params, lr, seed, model, **kw: _pytorch_optimizer(name)(params, lr=lr, **kw)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A registered optimizer. ``family`` names its default lr in ``Task.lrs``."""
+
+    summary: str
+    family: str
+    factory: Callable
+    create_graph: bool = False
+
+
+OPTIMIZERS: dict[str, Spec] = {
+    "alice": Spec("Alice, the default: glass + |Hessian| (glass_abs), quick_steps=3", "alice", _alice("glass_abs")),
+    "alice-q0": Spec("Alice glass_abs sampling on every step (quick_steps=0)", "alice",
+                     _alice("glass_abs", quick_steps=0)),
+    "alice-glass": Spec("Alice preset glass: glass density only, no Hessian", "alice", _alice("glass")),
+    "alice-hessian": Spec("Alice preset hessian: |Hessian| only, no glass", "alice", _alice("hessian")),
+    "alice-glass_rms": Spec("Alice preset glass_rms: glass + rms Hessian", "alice", _alice("glass_rms")),
+    "adam": Spec("torch.optim.Adam", "adam", _torch("Adam")),
+    "adamw": Spec("torch.optim.AdamW (weight_decay=0.01)", "adamw", _torch("AdamW")),
+    "sgd": Spec("torch.optim.SGD, momentum 0.9", "sgd", _torch("SGD", momentum=0.9)),
+    "adahessian": Spec("AdaHessian (pytorch-optimizer; Hutchinson every step)", "adahessian",
+                       _external("AdaHessian"), create_graph=True),
+    "sophia": Spec("Sophia-H (pytorch-optimizer SophiaH; Hutchinson every 10 steps)", "sophia",
+                   _external("SophiaH"), create_graph=True),
+}
+
+
+def _literal(text: str):
+    """A Python literal, or the text itself (so ``hess_comp=abs`` needs no quotes)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An optimizer as given to ``--optimizer``: a registered name or a class, plus settings."""
+
+    label: str
+    spec: Spec | None
+    cls: str | None = None
+    kwargs: dict = field(default_factory=dict)
+    lr: float | None = None
+
+    def default_lr(self, task: Task) -> float:
+        """The explicit ``lr=``, else the task's documented default for this optimizer family."""
+        if self.lr is not None:
+            return self.lr
+        if self.spec is None or self.spec.family not in task.lrs:
+            raise ValueError(f"--optimizer {self.label}: give lr=... (no default for {task.name})")
+        return task.lrs[self.spec.family]
+
+    @property
+    def create_graph(self) -> bool:
+        return self.spec.create_graph if self.spec else bool(self.kwargs.get("create_graph", False))
+
+    def build(self, model: torch.nn.Module, lr: float, seed: int) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.spec is not None:
+            return self.spec.factory(params, lr, seed, model, **self.kwargs)
+        module, _, name = self.cls.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "create_graph"}
+        return cls(params, lr=lr, **kwargs)
+
+
+def hvp_evals(opt: torch.optim.Optimizer, step: int) -> int:
+    """Hessian-vector products that ``opt`` made at ``step`` (1-based), beyond its closure calls:
+    ``num_samples`` on the steps where a Hutchinson optimizer refreshes its estimate."""
+    period, samples = getattr(opt, "update_period", None), getattr(opt, "num_samples", None)
+    if not (isinstance(period, int) and isinstance(samples, int)):
+        return 0
+    return samples if (step - 1) % period == 0 else 0
+
+
+def parse(text: str) -> Choice:
+    """Parse one ``--optimizer`` value; errors list the valid names."""
+    head, *pairs = [part.strip() for part in text.split(",")]
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"Invalid --optimizer {text!r}: {pair!r} is not key=value")
+        kwargs[key] = _literal(value)
+    lr = kwargs.pop("lr", None)
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        raise ValueError(f"Invalid --optimizer {text!r}: lr must be a number > 0, got {lr!r}")
+    label = ",".join([head] + [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in kwargs.items()])
+    if ":" in head:
+        module, _, name = head.partition(":")
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError as error:
+            raise ValueError(f"Invalid --optimizer {text!r}: cannot import {module!r} ({error})") from None
+        if not isinstance(found, type):
+            raise ValueError(f"Invalid --optimizer {text!r}: {module} has no class {name!r}")
+        return Choice(label, None, head, kwargs, lr)
+    if head not in OPTIMIZERS:
+        raise ValueError(f"Invalid --optimizer: {head!r} (valid: {', '.join(OPTIMIZERS)}, or module:Class)")
+    return Choice(label, OPTIMIZERS[head], None, kwargs, lr)
