@@ -212,3 +212,37 @@ def test_a_perturbation_below_half_precision_spacing_is_warned_about():
         warnings.simplefilter("error")
         Alice(layer.parameters(), lr=1e-2)  # 1 +- 1e-2 moves: no warning
         Alice(nn.LayerNorm(64).parameters(), lr=1e-3)  # float32: no warning
+
+
+@pytest.mark.parametrize("closure_free", [False, True], ids=["closure", "closure-free"])
+def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(closure_free):
+    """As a trainer moving the model to its device (here: to float64) after the user built
+    the optimizer: the flat buffers follow, and the centre is kept."""
+    model, x, y = problem()
+    opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=closure_free)
+    closure = closure_for(opt, model, x, y)
+
+    def train(n, x, y):
+        for _ in range(n):
+            if closure_free:
+                opt.zero_grad()
+                nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+            else:
+                opt.step(closure_for(opt, model, x, y))
+
+    train(12, x, y)
+    calls = opt.calls
+    opt.eval()
+    mu = [p.detach().clone() for p in model.parameters()]
+    opt.train()
+    G = [opt.state[p]["G"].clone() for p in model.parameters()]
+    model.double()
+    opt.eval()
+    assert all(torch.equal(p, m.double()) for p, m in zip(model.parameters(), mu))
+    opt.train()
+    opt.zero_grad()  # (any call into the optimizer notices the move)
+    assert all(opt.state[p]["G"].dtype == torch.float64 and torch.equal(opt.state[p]["G"], g.double())
+               for p, g in zip(model.parameters(), G))
+    train(8, x.double(), y.double())
+    assert opt.calls > calls and all(p.grad.dtype == torch.float64 for p in model.parameters())

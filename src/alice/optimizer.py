@@ -204,9 +204,7 @@ class Alice(Optimizer):
         self.closure_free = closure_free
         self._init_counters()
         super().__init__(params, defaults)
-        self._sync_state()
-        if closure_free:
-            self._position(new=True)
+        self._sync_state()  # (in closure-free mode it also positions the parameters)
 
     def _init_counters(self) -> None:
         self._calls = 0  # calls of step() that advanced the schedule
@@ -274,14 +272,27 @@ class Alice(Optimizer):
     def _sync_state(self) -> bool:
         """Rebuild the flat buffers if the trainable parameters changed, and point
         ``self.state`` at their per-parameter views; returns whether it rebuilt."""
-        if not self._state.sync(self.param_groups) and self.state:
+        if AliceState.layout(self.param_groups) == self._state._layout and self.state:
             return False
+        pending = self.closure_free and self._pending is not None and self._training
+        if pending:  # the parameters hold an evaluation point: back to the centre first
+            with torch.no_grad():
+                for b in self._state.buckets:
+                    for target, held in zip(b.targets(), b.held_views):
+                        target.copy_(held)  # (per tensor: the parameter may be on another device now)
+            self._pending = None
+        self._state.sync(self.param_groups)
         self._publish_state()
         self._warn_vanishing_perturbations()
-        if self._state.buckets and self._skipped is None:
-            self._skipped = torch.zeros((), dtype=torch.int64, device=self._state.buckets[0].device)
-            if self._skipped.device.type == "cuda":
-                self._skipped_seen = torch.zeros((), dtype=torch.int64, pin_memory=True)
+        if self._state.buckets:
+            device = self._state.buckets[0].device
+            if self._skipped is None or self._skipped.device != device:  # built, or moved with the model
+                skipped = 0 if self._skipped is None else int(self._skipped)
+                self._skipped = torch.full((), skipped, dtype=torch.int64, device=device)
+                self._skipped_seen = (torch.full((), skipped, dtype=torch.int64, pin_memory=True)
+                                      if device.type == "cuda" else None)
+            if self.closure_free and self._training:
+                self._position(new=True)  # a fresh step over the new buffers
         return True
 
     def _warn_vanishing_perturbations(self) -> None:
@@ -420,8 +431,7 @@ class Alice(Optimizer):
             )
         for i, group in enumerate(self.param_groups):  # schedulers and users may have changed them
             _schedule.check_group(group, self.quick_steps, where=f"param group {i}: ")
-        if self._sync_state() and self.closure_free:
-            self._position(new=True)  # the trainable parameters changed: start a fresh step
+        self._sync_state()
         self._warn_skips()
         self._in_step = True
         try:
@@ -558,7 +568,8 @@ class Alice(Optimizer):
             return self.eval()
         if self.closure_free and not self._training:
             self._training = True
-            self._position(new=False)
+            if not self._sync_state():  # (a rebuild positions the parameters itself)
+                self._position(new=False)
         return self
 
     @torch.no_grad()

@@ -225,8 +225,11 @@ class AliceState:
 
     @staticmethod
     def layout(param_groups: list[dict]) -> tuple:
-        """What the buckets depend on: each group's trainable parameters."""
-        return tuple(tuple(id(p) for p in g["params"] if p.requires_grad) for g in param_groups)
+        """What the buckets depend on: each group's trainable parameters, their devices and
+        dtypes (a model moved to another device after the optimizer was built moves its
+        state along)."""
+        return tuple(tuple((id(p), p.device, p.dtype) for p in g["params"] if p.requires_grad)
+                     for g in param_groups)
 
     def sync(self, param_groups: list[dict]) -> bool:
         """Rebuild the buckets if the trainable parameters changed; returns whether it did."""
