@@ -147,7 +147,12 @@ def test_add_parser_wires_into_an_alice_parser():
 def test_tasks_come_from_the_harness_when_it_is_installed(monkeypatch):
     from alice.diagnostics import tasks
 
-    assert set(tasks.get_tasks()) == {"digits-mlp", "logreg"}
+    from alice.harness.tasks import TASKS
+
+    assert set(tasks.get_tasks()) == set(TASKS) >= {"digits-mlp", "logreg", "mnist-mlp", "charlm"}
+    with monkeypatch.context() as patch:  # without the harness: the built-in tasks
+        patch.setitem(sys.modules, "alice.harness.tasks", None)
+        assert set(tasks.get_tasks()) == {"digits-mlp", "logreg"}
     fake = types.ModuleType("alice.harness.tasks")
     fake.TASKS = {"mnist-mlp": object()}
     monkeypatch.setitem(sys.modules, "alice.harness", types.ModuleType("alice.harness"))
