@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -142,22 +140,6 @@ def test_add_parser_wires_into_an_alice_parser():
     args = parser.parse_args(["probe", "--task", "logreg", "--act", "gelu", "--steps", "5"])
     assert (args.task, args.act, args.steps, args.control) == ("logreg", ["gelu"], 5, True)
     assert callable(args.handler)
-
-
-def test_tasks_come_from_the_harness_when_it_is_installed(monkeypatch):
-    from alice.diagnostics import tasks
-
-    from alice.harness.tasks import TASKS
-
-    assert set(tasks.get_tasks()) == set(TASKS) >= {"digits-mlp", "logreg", "mnist-mlp", "charlm"}
-    with monkeypatch.context() as patch:  # without the harness: the built-in tasks
-        patch.setitem(sys.modules, "alice.harness.tasks", None)
-        assert set(tasks.get_tasks()) == {"digits-mlp", "logreg"}
-    fake = types.ModuleType("alice.harness.tasks")
-    fake.TASKS = {"mnist-mlp": object()}
-    monkeypatch.setitem(sys.modules, "alice.harness", types.ModuleType("alice.harness"))
-    monkeypatch.setitem(sys.modules, "alice.harness.tasks", fake)
-    assert set(tasks.get_tasks()) == {"mnist-mlp"}
 
 
 def test_compiled_reading_matches_the_eager_one():

@@ -180,10 +180,9 @@ def run_probe(task: str = "digits-mlp", acts=("relu", "gelu"), *, control: bool 
               lr: float | None = None, seed: int = 0, draws: int = 8, lengths=None, every: int = 25,
               json_path=None, plot_path=None, out=print) -> list[tuple[str, dict]]:
     """Run ``alice probe`` and print its tables; returns ``[(column name, run), ...]``."""
+    from ..harness.tasks import TASKS as tasks  # the comparison harness's real-data tasks
     from .probe import DEFAULT_LENGTHS
-    from .tasks import get_tasks
 
-    tasks = get_tasks()
     if task not in tasks:
         raise ValueError(f"Invalid task: {task!r} (valid: {', '.join(tasks)})")
     lengths = tuple(lengths or DEFAULT_LENGTHS)
