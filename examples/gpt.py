@@ -184,3 +184,56 @@ def mean_over_ranks(loss: torch.Tensor) -> float:
 def log(rank: int, message: str):
     if rank == 0:
         print(message, flush=True)
+
+
+def train(model, opt, args, rank: int, world: int, device, describe: str, reduces: str) -> None:
+    """Resume from ``--checkpoint`` if it exists, train ``--steps`` Alice steps on this rank's
+    batches (``reduces``: what the wrapper does with the gradients, for the comment in the
+    log), print the loss and tokens/s, and save the checkpoint at the end."""
+    config = SIZES[args.model]
+    if args.checkpoint is not None and args.checkpoint.exists():
+        load(model, opt, args.checkpoint)
+    batches = Batches(args, config, rank, world, device)
+    meter = Meter(args.batch * world * config.context, device)
+    log(rank, f"{describe}, global batch {args.batch * world} x {config.context} tokens; "
+              f"{reduces} on every closure evaluation")
+    first = opt.calls  # 0, or the steps of a loaded checkpoint
+    for i in range(args.steps):
+        x, y = batches(first + i)
+
+        def closure():
+            opt.zero_grad()
+            with autocast(device):
+                loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure)  # the loss at the look-ahead point nu
+        meter.step(i + 1)
+        if (i + 1) % args.log_every == 0 or i + 1 == args.steps:
+            log(rank, f"step {first + i + 1:5d}  loss {mean_over_ranks(loss):.4f}")
+    log(rank, f"{meter.rate():,.0f} tokens/s over the last {meter.timed} steps; skipped steps: {opt.skipped_steps}")
+    if args.checkpoint is not None:
+        save(model, opt, args.checkpoint)
+
+
+def save(model, opt, path):
+    """A torch.distributed.checkpoint of model and optimizer: each rank writes its part
+    (sharded under FSDP2); any number of ranks can load it."""
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optim": optim_state}, storage_writer=dcp.FileSystemWriter(path, overwrite=True))
+    log(dist.get_rank(), f"saved {path}")
+
+
+def load(model, opt, path):
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, opt)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    log(dist.get_rank(), f"resumed from {path} at step {opt.calls}")
