@@ -12,29 +12,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from ._argtypes import positive_float, positive_int
+
 DEMO = dict(task="mnist-mlp", optimizers=["alice", "adam"], seeds=2, out="runs/demo")
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -85,19 +65,19 @@ def _add_compare_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--optimizer", dest="optimizers", action="append", default=defaults.get("optimizers"),
                    metavar="SPEC", help="NAME[,key=value...] or module:Class[,key=value...]; repeat for "
                    "several (see `alice optimizers`; default: alice and adam)")
-    p.add_argument("--seeds", type=_positive_int, default=defaults.get("seeds", 3),
+    p.add_argument("--seeds", type=positive_int, default=defaults.get("seeds", 3),
                    help="seeds per optimizer (default %(default)s)")
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps per run (default: the task's)")
-    p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: the task's)")
-    p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations (default: steps/10)")
-    p.add_argument("--sweep", type=_positive_int, default=1, metavar="K",
+    p.add_argument("--steps", type=positive_int, help="optimizer steps per run (default: the task's)")
+    p.add_argument("--batch-size", type=positive_int, help="mini-batch size (default: the task's)")
+    p.add_argument("--eval-every", type=positive_int, help="steps between evaluations (default: steps/10)")
+    p.add_argument("--sweep", type=positive_int, default=1, metavar="K",
                    help="learning rates per optimizer, chosen on validation (default 1: no sweep)")
-    p.add_argument("--sweep-factor", type=_positive_float, default=3.0,
+    p.add_argument("--sweep-factor", type=positive_float, default=3.0,
                    help="ratio between neighbouring lrs of the sweep (default %(default)s)")
-    p.add_argument("--sweep-seeds", type=_positive_int, default=1,
+    p.add_argument("--sweep-seeds", type=positive_int, default=1,
                    help="seeds each lr of the sweep runs before the choice (default %(default)s)")
     p.add_argument("--act", default="relu", help="activation of hidden layers: relu or gelu (default relu)")
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: steady timings on small models and busy machines)")
     p.add_argument("--data", help="data file or directory (default: fetched once into the cache, "
                    "or $ALICE_DATA_DIR)")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .._argtypes import positive_float, positive_int
+
 __all__ = ["add_parser", "main", "run_probe"]
 
 HELD_EXAMPLES = 512
@@ -31,26 +33,6 @@ PROBE_LR = 1e-2
 loss grows like sigma^1.5 (the gradient's variation over the perturbation), that of kinks
 does not; at the tasks' training lr 3e-2 a smooth network already shows some, at 1e-2 the
 smooth control reads about 0.05 while ReLU keeps about half."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 @contextmanager
@@ -238,14 +220,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="task name (default digits-mlp; logreg is the smooth control)")
     parser.add_argument("--act", nargs="+", default=["relu", "gelu"], choices=["relu", "gelu"],
                         help="activations to compare (default: relu gelu)")
-    parser.add_argument("--steps", type=_positive_int, default=None, help="Alice steps (default: the task's)")
-    parser.add_argument("--lr", type=_positive_float, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None, help="Alice steps (default: the task's)")
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help=f"Alice lr, the perturbation length sigma (default {PROBE_LR:g} for every column)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the batches and the probe")
-    parser.add_argument("--draws", type=_positive_int, default=8, help="Rademacher draws of the probe (default 8)")
-    parser.add_argument("--lengths", type=_positive_float, nargs="+", default=None,
+    parser.add_argument("--draws", type=positive_int, default=8, help="Rademacher draws of the probe (default 8)")
+    parser.add_argument("--lengths", type=positive_float, nargs="+", default=None,
                         help="multiples of Alice's step to probe at (default 0.25 0.5 1 2)")
-    parser.add_argument("--every", type=_positive_int, default=25, help="steps between two statistics readings")
+    parser.add_argument("--every", type=positive_int, default=25, help="steps between two statistics readings")
     parser.add_argument("--no-control", dest="control", action="store_false",
                         help="leave out the logistic-regression control column")
     parser.add_argument("--json", default=None, help="write every number to this JSON file")
