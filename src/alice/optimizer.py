@@ -272,7 +272,7 @@ class Alice(Optimizer):
     def _sync_state(self) -> bool:
         """Rebuild the flat buffers if the trainable parameters changed, and point
         ``self.state`` at their per-parameter views; returns whether it rebuilt."""
-        if AliceState.layout(self.param_groups) == self._state._layout and self.state:
+        if not self._state.stale(self.param_groups) and self.state:
             return False
         pending = self.closure_free and self._pending is not None and self._training
         if pending:  # the parameters hold an evaluation point: back to the centre first
@@ -730,16 +730,14 @@ class Alice(Optimizer):
             for k, p in enumerate(b.params):
                 if id(p) in loaded.records:
                     AliceState.restore(b, k, loaded.records[id(p)])
-        kept = dict(loaded.records)
-        self._state.stash = {pid: r for pid, r in loaded.records.items() if pid not in
-                             {id(p) for b in self._state.buckets for p in b.params}}  # frozen: kept for later
+        training = {id(p) for b in self._state.buckets for p in b.params}
+        self._state.stash = {pid: r for pid, r in loaded.records.items() if pid not in training}  # frozen: for later
         self._publish_state()
         for counter in (self._skipped, self._skipped_seen):
             if counter is not None:
                 counter.fill_(loaded.skipped)
         self._warned = loaded.skipped
         if self.closure_free:
-            loaded.records = kept
             self._load_pending(loaded)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)

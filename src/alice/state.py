@@ -231,6 +231,10 @@ class AliceState:
         return tuple(tuple((id(p), p.device, p.dtype) for p in g["params"] if p.requires_grad)
                      for g in param_groups)
 
+    def stale(self, param_groups: list[dict]) -> bool:
+        """Whether the buckets no longer match the trainable parameters (see :meth:`layout`)."""
+        return self.layout(param_groups) != self._layout
+
     def sync(self, param_groups: list[dict]) -> bool:
         """Rebuild the buckets if the trainable parameters changed; returns whether it did."""
         layout = self.layout(param_groups)
