@@ -45,6 +45,11 @@ GLASS = 3.0 / (4.0 * math.pi)
 """Constant of the glass term in the optimal step: alpha = GLASS * rho / |g|."""
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype Alice computes and keeps state in: float32 for half-precision parameters."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def average(avg, x, beta):
     """The spec's averaging rule ``A = x + beta * (A - x)`` (returns the new A)."""
     return x + beta * (avg - x)
@@ -140,17 +145,13 @@ def samples_finite(g0, gp, gm, *, sigma, w2, hess_comp):
     overflows (a float32 gradient of 1e30): the spec skips such steps. Given finite
     samples, the averages and the move stay finite.
     """
-    g0 = g0.to(_state_dtype(g0))
+    g0 = g0.to(state_dtype(g0.dtype))
     ok = torch.isfinite(g0 * g0).all()
     if gp is not None:
         gp, gm = gp.to(g0.dtype), gm.to(g0.dtype)
         ok = ok & torch.isfinite(hessian_sample(gp, gm, sigma, w2, hess_comp)).all()
         ok = ok & torch.isfinite(glass_sample(gp, gm, g0, sigma)).all()
     return ok
-
-
-def _state_dtype(t):
-    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
 def update_(

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._math import state_dtype
+
 from . import distributed as _dist
 
 __all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "state_dtype"]
@@ -46,11 +48,6 @@ __all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "state_dtype"]
 AVERAGES = ("G", "V", "H", "R")
 STATE_KEYS = ("offset", *AVERAGES)
 """Per-element state of every parameter; half-precision parameters add ``"mu"``."""
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Optimizer state is kept in float32 for half-precision parameters."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _over(flat: Tensor, start: int, like: Tensor) -> Tensor:
