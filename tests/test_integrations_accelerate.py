@@ -152,7 +152,7 @@ def test_accelerate_accumulation():
     accelerator = Accelerator(**kwargs)  # closure mode inside accumulate(): refused by Alice itself
     model = make_model()
     model, opt, data = accelerator.prepare(model, Alice(model.parameters(), lr=1e-2, seed=0), loader())
-    with pytest.raises(ClosureError, match="inside the closure"):
+    with pytest.raises(ValueError, match="accumulate.*alice_step"):
         for batch in data:
             with accelerator.accumulate(model):
                 accelerator.backward(mse(model)(batch))

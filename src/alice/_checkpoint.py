@@ -42,7 +42,7 @@ def _fail(message: str):
 
 
 def _count(name: str, value: Any) -> int:
-    if isinstance(value, Tensor) and value.numel() == 1:
+    if isinstance(value, Tensor) and value.numel() == 1 and value.device.type != "meta":
         value = value.item()
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -56,6 +56,8 @@ def _tensor(where: str, value: Any, p: Tensor) -> Tensor:
     shape = tuple(p.shape)
     if not isinstance(value, Tensor):
         _fail(f"{where} is a {type(value).__name__}, not a tensor")
+    if value.device.type == "meta":
+        _fail(f"{where} is a meta tensor (it holds no values)")
     if not value.is_floating_point():
         _fail(f"{where} has dtype {value.dtype} (must be floating point)")
     if tuple(value.shape) != shape:
@@ -85,7 +87,10 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
     alice = state_dict.get("alice", {})
     if not isinstance(alice, dict):
         _fail(f"'alice' is a {type(alice).__name__}, not a dict")
-    old_format = alice.get("format", 2 if "alice" not in state_dict or "steps" not in alice else 1) == 1
+    fmt = alice.get("format", 2 if "alice" not in state_dict or "steps" not in alice else 1)
+    if isinstance(fmt, bool) or fmt not in (1, 2):
+        _fail(f"format is {fmt!r} (this version reads formats 1 and 2)")
+    old_format = fmt == 1
     saved_groups = state_dict["param_groups"]
     if len(saved_groups) != len(param_groups):
         _fail(f"it has {len(saved_groups)} param groups but this optimizer has {len(param_groups)}")
@@ -115,6 +120,8 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
     seed = _count("seed", _common(saved_groups, alice, "seed", "seed"))
     calls = _count("calls", _common(saved_groups, alice, "calls", "steps"))
     skipped = _count("skipped_steps", _common(saved_groups, alice, "skipped_steps", "skipped_steps"))
+    if skipped > calls:
+        _fail(f"skipped_steps is {skipped} but only {calls} steps were called")
 
     records, classes = {}, {}
     for pid, entry in state_dict["state"].items():
@@ -137,6 +144,9 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
         else:
             record["offset"] = take("offset")
             step = _count(f"step of parameter id {pid!r}", entry["step"])
+            if step > calls - skipped:
+                _fail(f"step of parameter id {pid!r} is {step}, more than the {calls - skipped} steps taken "
+                      f"(calls {calls} - skipped_steps {skipped})")
         if dtype != p.dtype:
             record["mu"] = take("mu") if "mu" in entry else local.to(dtype)
         elif "mu" in entry:  # closure-free mode saves the centre of every parameter

@@ -143,6 +143,12 @@ class Evaluations:
             b.note_written()
             self.at_centre[i] = True
 
+    def abandon(self) -> None:
+        """Give the step up: parameters back at the centre, gradient buffers zeroed and
+        accounted for, so that the next step runs as if this one had not begun."""
+        self.restore()
+        self.arm()
+
     def move_to(self, direction: float) -> None:
         """Parameters to ``nu + direction * sigma z`` (``direction`` +1, -1 or 0)."""
         for i, (b, scale, path) in enumerate(zip(self.buckets, self.scales, self.paths)):

@@ -17,6 +17,7 @@ from ._rademacher import tensor_key
 from .evaluation import CLOSURE_HELP, ClosureError, Evaluations, Replay, check_loss, losses_finite
 from .functional import alice_, samples_ok
 from ._checkpoint import parse_state_dict
+from ._frameworks import refuse_framework_loops
 from .state import STATE_KEYS, AliceState
 
 __all__ = ["Alice", "ClosureError", "PRESETS"]
@@ -213,7 +214,7 @@ class Alice(Optimizer):
         self._skipped_seen: Tensor | None = None  # a host copy, refreshed without waiting
         self._warned = 0
         self._in_step = False
-        self._closure_checked = False  # a framework's closure is checked once (Lightning)
+        self._closure_checked = False  # a Lightning closure's Trainer is checked at the first step
         self.evaluation: str | None = None  # "plus", "minus" or "center": the point being evaluated
         self._pending: _Call | None = None  # closure-free mode: the Alice step in progress
         self._phase = "center"  # closure-free mode: which of its gradients comes next
@@ -255,7 +256,7 @@ class Alice(Optimizer):
     def __getstate__(self) -> dict[str, Any]:  # pickle, deepcopy
         return {"defaults": self.defaults, "model": self.model, "quick_steps": self.quick_steps,
                 "seed": self.seed, "closure_free": self.closure_free, "param_groups": self.param_groups,
-                "state_dict": self.state_dict()}
+                "training": self._training, "state_dict": self.state_dict()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(defaults=state["defaults"], model=state["model"], quick_steps=state["quick_steps"],
@@ -263,6 +264,7 @@ class Alice(Optimizer):
                              closure_free=state.get("closure_free", False))
         self.warmup_steps = _schedule.warmup_steps(self.defaults["betas"][0])
         self._init_counters()
+        self._training = state.get("training", True)  # (closure-free mode: eval() stays eval())
         super().__setstate__({"state": {}, "param_groups": self.param_groups})
         self._sync_state()
         self.load_state_dict(state["state_dict"])
@@ -272,8 +274,8 @@ class Alice(Optimizer):
     def _sync_state(self) -> bool:
         """Rebuild the flat buffers if the trainable parameters changed, and point
         ``self.state`` at their per-parameter views; returns whether it rebuilt."""
-        if not self._state.stale(self.param_groups) and self.state:
-            return False
+        if self._in_step or (not self._state.stale(self.param_groups) and self.state):
+            return False  # (a layout change made inside a closure waits for the step's end)
         pending = self.closure_free and self._pending is not None and self._training
         if pending:  # the parameters hold an evaluation point: back to the centre first
             with torch.no_grad():
@@ -392,15 +394,6 @@ class Alice(Optimizer):
                     else:
                         p.grad.detach_().requires_grad_(False).zero_()
 
-    def _check_framework_closure(self, closure) -> None:
-        """Lightning wraps its closure (a ``functools.partial``); its settings that would
-        make Alice silently wrong (clipping each evaluation) are checked once."""
-        module = getattr(getattr(closure, "func", None), "__module__", "") or ""
-        if module.startswith(("lightning.", "pytorch_lightning.")):
-            from .integrations.lightning import check_closure
-
-            check_closure(self, closure)
-
     def _refuse_outside_gradients(self) -> None:
         for b in self._state.buckets:
             if b.foreign_gradients():
@@ -437,9 +430,8 @@ class Alice(Optimizer):
         try:
             if self.closure_free:
                 return self._consume(closure)
-            if not self._closure_checked:
-                self._closure_checked = True
-                self._check_framework_closure(closure)
+            refuse_framework_loops(closure, first=not self._closure_checked)
+            self._closure_checked = True
             self._refuse_outside_gradients()
             return self._step(closure)
         finally:
@@ -497,9 +489,9 @@ class Alice(Optimizer):
             losses.append(loss)
             active = self._active(c)
         except BaseException:
-            c.ev.restore()
+            c.ev.abandon()
             if replay is not None:
-                replay.rewind(rng=False)
+                replay.rewind()  # the RNG streams too: the next step sees what this one saw
             raise
         c.ev.release_untouched()
         if not c.advancing:  # every lr is 0: one evaluation at nu, nothing changes
@@ -690,7 +682,7 @@ class Alice(Optimizer):
     @torch.no_grad()
     def _load_pending(self, loaded) -> None:
         """Closure-free mode: resume the step in progress saved by :meth:`_save_pending`."""
-        self._phase, self._pending, self._training = loaded.phase, self._begin(), True
+        self._phase, self._pending = loaded.phase, self._begin()
         c = self._pending
         c.ev.scales = [loaded.sigmas[b.group] for b in self._state.buckets]
         for b in self._state.buckets:
@@ -705,10 +697,11 @@ class Alice(Optimizer):
                     if key in record:
                         b.ensure_sampling_buffers()
                         (b.plus if key == "grad_plus" else b.minus)[a:z].copy_(record[key].reshape(-1))
-        c.ev.restore()  # the saved centre into the parameters, then the point from it
-        c.ev.move_to(_DIRECTION[self._phase])
-        c.ev.arm()
-        self.evaluation = self._phase
+        c.ev.restore()  # the saved centre into the parameters, then (training) the point from it
+        if self._training:
+            c.ev.move_to(_DIRECTION[self._phase])
+            c.ev.arm()
+            self.evaluation = self._phase
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a dict from :meth:`state_dict` (or from ``torch.distributed.checkpoint``'s
@@ -726,10 +719,13 @@ class Alice(Optimizer):
         self.quick_steps, self.seed, self._calls = loaded.quick_steps, loaded.seed, loaded.calls
         self.warmup_steps = _schedule.warmup_steps(self.param_groups[0]["betas"][0])
         self._sync_state()
+        fresh = self._state.new_class()
         for b in self._state.buckets:
             for k, p in enumerate(b.params):
                 if id(p) in loaded.records:
                     AliceState.restore(b, k, loaded.records[id(p)])
+                else:  # no entry: the state of a fresh optimizer, as torch loads it
+                    AliceState.reset(b, k, fresh)
         training = {id(p) for b in self._state.buckets for p in b.params}
         self._state.stash = {pid: r for pid, r in loaded.records.items() if pid not in training}  # frozen: for later
         self._publish_state()

@@ -60,6 +60,8 @@ def bounds(lr: float, lr0: float, lr_min: float, lr_max: float | None, scale_bou
     """
     upper = resolve_lr_max(lr_max, lr0)
     if scale_bounds_with_lr:
+        if lr0 == 0:  # a group at lr 0 since it was built: it does not move (its first lr > 0 becomes lr0)
+            return lr_min, upper
         return lr * lr_min / lr0, lr * upper / lr0
     return lr_min, upper
 
@@ -180,6 +182,8 @@ def check_group(group: dict, quick_steps: int, where: str = "") -> None:
         _fail(where, "phi", group["phi"], "in (0, 2) or None")
     if _real(where, "omega", group["omega"]) <= 0:
         _fail(where, "omega", group["omega"], "> 0")
+    if "lr0" in group and _real(where, "lr0", group["lr0"]) < 0:
+        _fail(where, "lr0", group["lr0"], ">= 0 (the group's initial lr)")
     lr0 = group.get("lr0") or lr
     if group["lr_max"] is not None:
         _real(where, "lr_max", group["lr_max"])

@@ -291,6 +291,19 @@ class AliceState:
         bucket.counts[k].copy_(record["step"])
         bucket.history[k], bucket.sampled[k] = record["history"], record["sampled"]
 
+    @staticmethod
+    def reset(bucket: Bucket, k: int, history: int) -> None:
+        """Parameter ``k`` of ``bucket`` as a fresh optimizer holds it: zero state, no
+        steps, ``nu = mu`` (the float32 centre of a half-precision parameter re-read)."""
+        a, b = bucket.starts[k], bucket.starts[k + 1]
+        for key, flat in bucket.buffers.items():
+            if key == "mu":
+                flat[a:b].copy_(_dist.local_tensor(bucket.params[k]).detach().reshape(-1))
+            else:
+                flat[a:b].zero_()
+        bucket.counts[k].zero_()
+        bucket.history[k], bucket.sampled[k] = history, False
+
     def new_class(self) -> int:
         self._next_class += 1
         return self._next_class - 1

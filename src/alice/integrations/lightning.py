@@ -22,9 +22,9 @@ runs at ``nu``, so that it can log only there. Importing this module imports Lig
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
+from .._frameworks import check_lightning_trainer
 from ._common import ConsistentClip, find_alice
 from ._common import at_center as _at_center
 
@@ -36,9 +36,7 @@ except ImportError:  # the standalone package
     except ImportError as error:
         raise ImportError("alice.integrations.lightning needs Lightning: pip install alice-optimizer[lightning]") from error
 
-__all__ = ["AliceCallback", "at_center", "check_closure", "check_trainer"]
-
-_FIX_FREE = "or build the optimizer with Alice(..., closure_free=True) (an approximation; see docs/integrations.md)"
+__all__ = ["AliceCallback", "at_center", "check_trainer"]
 
 
 def _alices(trainer: Any) -> list:
@@ -64,54 +62,10 @@ def at_center(module_or_optimizer: Any) -> bool:
 def check_trainer(trainer: Any, clipping_handled: bool = False) -> None:
     """Raise ``ValueError`` with the fix when ``trainer`` would run a closure-mode
     Alice wrongly (16-mixed loss scaling, ``accumulate_grad_batches > 1``, Lightning's
-    own gradient clipping). ``clipping_handled``: an :class:`AliceCallback` clips."""
-    exact = [a for a in _alices(trainer) if not a.closure_free]
-    if not exact:
-        return
-    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-    if scaler is not None:
-        raise ValueError(
-            f"Alice cannot run with precision={trainer.precision!r} (loss scaling with a GradScaler): "
-            "Lightning then evaluates the closure once itself and calls optimizer.step() without it, "
-            "so Alice cannot re-evaluate at its perturbed points. Use precision='bf16-mixed' "
-            f"(no loss scaling) or '32-true', {_FIX_FREE}."
-        )
-    if getattr(trainer, "accumulate_grad_batches", 1) > 1:
-        raise ValueError(
-            f"Alice cannot run with accumulate_grad_batches={trainer.accumulate_grad_batches}: Lightning "
-            "computes the earlier micro-batches' gradients outside the closure Alice evaluates. Use a "
-            "larger batch (or loop over micro-batches inside training_step with manual optimisation), "
-            f"{_FIX_FREE}."
-        )
-    clip = getattr(trainer, "gradient_clip_val", None)
-    if clip and not clipping_handled:
-        raise ValueError(
-            f"Alice with gradient_clip_val={clip!r}: Lightning would clip the three gradients of a "
-            "sampling step each by its own norm, which corrupts Alice's curvature estimates. Set "
-            "gradient_clip_val=None and pass callbacks=[AliceCallback(gradient_clip_val=...)], which "
-            "clips every evaluation of one step by the same factor."
-        )
-
-
-def trainer_of_closure(closure: Any) -> Any:
-    """The Lightning Trainer behind a closure that Lightning passed to ``optimizer.step``
-    (its precision plugin wraps it as ``partial(plugin._wrap_closure, module, optimizer,
-    closure)``), else None."""
-    if not isinstance(closure, functools.partial) or not closure.args:
-        return None
-    if not getattr(closure.func, "__module__", "").startswith(("lightning.", "pytorch_lightning.")):
-        return None
-    return getattr(closure.args[0], "_trainer", None)
-
-
-def check_closure(optimizer: Any, closure: Any) -> None:
-    """:func:`check_trainer` for the Trainer behind a Lightning closure, if it is one:
-    meant for ``Alice.step`` to call on its first step, so that the refusals hold
-    without :class:`AliceCallback` (clipping done by an ``AliceCallback`` is allowed)."""
-    trainer = trainer_of_closure(closure)
-    if trainer is not None:
-        handled = any(isinstance(c, AliceCallback) and c.clip is not None for c in getattr(trainer, "callbacks", []))
-        check_trainer(trainer, clipping_handled=handled)
+    own gradient clipping). ``clipping_handled``: an :class:`AliceCallback` clips.
+    ``Alice.step`` runs the same check on a Lightning closure's Trainer at its first step."""
+    if any(not a.closure_free for a in _alices(trainer)):
+        check_lightning_trainer(trainer, clipping_handled)
 
 
 class AliceCallback(_Callback):
@@ -121,6 +75,11 @@ class AliceCallback(_Callback):
     each evaluation of the closure). Leave the Trainer's own ``gradient_clip_val`` unset.
     :attr:`last_grad_norm` is the gradient norm at ``nu`` (before clipping) of the last step.
 
+    For a closure-free Alice it also keeps the centre ``mu`` where Lightning looks at the
+    model (Lightning never calls ``optimizer.eval()``): validation runs at ``mu`` (then
+    training goes on from the evaluation point), checkpoints hold ``mu``, and the fitted
+    module ends at ``mu``.
+
     Example::
 
         trainer = L.Trainer(callbacks=[AliceCallback(gradient_clip_val=1.0)], precision="bf16-mixed")
@@ -129,6 +88,11 @@ class AliceCallback(_Callback):
     def __init__(self, gradient_clip_val: float | None = None, norm_type: float = 2.0):
         super().__init__()
         self.clip = None if not gradient_clip_val else ConsistentClip(gradient_clip_val, norm_type)
+
+    @property
+    def clips_alice_evaluations(self) -> bool:
+        """Whether this callback clips (so the Trainer must not): read by ``Alice.step``."""
+        return self.clip is not None
 
     @property
     def last_grad_norm(self):
@@ -147,3 +111,42 @@ class AliceCallback(_Callback):
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.clip is not None and find_alice(optimizer, required=False) is not None:
             self.clip(optimizer)
+
+    # -- closure-free mode: mu in the parameters wherever Lightning reads them -----------
+
+    @staticmethod
+    def _closure_free(trainer: Any) -> list:
+        return [a for a in _alices(trainer) if a.closure_free]
+
+    def _at_mu(self, trainer: Any) -> None:
+        for alice in self._closure_free(trainer):
+            alice.eval()
+
+    def _at_point(self, trainer: Any) -> None:
+        for alice in self._closure_free(trainer):
+            alice.train()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._at_point(trainer)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._at_mu(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.training:  # validation within fit: training goes on from the evaluation point
+            self._at_point(trainer)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
+        alices = [a for a in self._closure_free(trainer) if a.evaluation is not None]
+        if not alices:
+            return
+        for alice in alices:  # Lightning read the module's state already: read it again at mu
+            alice.eval()
+        if "state_dict" in checkpoint:
+            state = trainer.strategy.lightning_module_state_dict()  # (views of the parameters: copied)
+            checkpoint["state_dict"] = {k: v.clone() if hasattr(v, "clone") else v for k, v in state.items()}
+        for alice in alices:
+            alice.train()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._at_mu(trainer)
