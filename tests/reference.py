@@ -34,7 +34,7 @@ class ReferenceAlice:
     def __init__(self, x0, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, w1=0, w2=0,
                  phi=None, omega=1, limit_method="adam", lr_min=0, lr_max=None,
                  scale_bounds_with_lr=True, hess_comp="abs", grad_glass=True,
-                 quick_steps=3):
+                 quick_steps=3, weight_decay=0):
         assert limit_method in ("fixed", "sgdm", "adam")
         assert hess_comp in ("zero", "abs", "rms")
         self.lr = self.lr0 = float(lr)
@@ -45,6 +45,7 @@ class ReferenceAlice:
         self.limit_method, self.hess_comp = limit_method, hess_comp
         self.grad_glass, self.quick_steps = grad_glass, quick_steps
         self.lr_min = lr_min
+        self.weight_decay = weight_decay
         self.lr_max = 2 * self.lr0 if lr_max is None else lr_max
         self.scale_bounds_with_lr = scale_bounds_with_lr
         self.warmup = math.floor(1 / (1 - self.beta1) + 1e-9)
@@ -112,6 +113,6 @@ class ReferenceAlice:
         step = torch.where(step < upper, step, upper)  # NaN is not below: -> upper
         step = torch.where(g > 0, -step, step)
 
-        mu = self.mu[i]
+        mu = self.mu[i] - self.lr * self.weight_decay * self.mu[i]  # decoupled decay, before the move
         self.nu[i] = mu + self.omega * step
         self.mu[i] = mu + self.phi * step

@@ -90,6 +90,8 @@ CASES = [
     Case("w2", dict(w2=0.3)),
     Case("w1_w2_rms", dict(w1=0.005, w2=0.3, hess_comp="rms")),
     Case("phi_omega", dict(phi=0.3, omega=0.7)),
+    Case("weight_decay", dict(weight_decay=0.5)),
+    Case("weight_decay_w2_lr_halves", dict(weight_decay=0.2, w2=0.3), lr_at={60: LR / 2}),
     Case("betas_0.8_0.99", dict(betas=(0.8, 0.99))),
     Case("betas_0.95_0.999", dict(betas=(0.95, 0.999), quick_steps=5)),
     Case("lr_halves_scaled", dict(lr_min=0.004), lr_at={60: LR / 2}),
@@ -206,7 +208,7 @@ def configs(draw):
         hess_comp=hess, grad_glass=hess == "zero" or draw(st.booleans()),
         w1=draw(st.sampled_from([0.0, 0.003])), w2=draw(st.sampled_from([0.0, 0.2])),
         phi=draw(st.one_of(st.none(), st.floats(0.05, 1.95))), omega=draw(st.floats(0.1, 2.0)),
-        scale_bounds_with_lr=draw(st.booleans()),
+        scale_bounds_with_lr=draw(st.booleans()), weight_decay=draw(st.sampled_from([0.0, 0.5])),
     )
 
 
@@ -223,7 +225,7 @@ def test_param_groups_follow_their_own_settings():
     """Two groups with different settings; each matches a reference run on its own
     coordinates (the objective is separable). The schedule stays the constructor's."""
     groups = {
-        (0, 2): dict(lr=LR, hess_comp="rms", w2=0.2),
+        (0, 2): dict(lr=LR, hess_comp="rms", w2=0.2, weight_decay=0.4),
         (1, 3): dict(lr=LR / 2, limit_method="fixed", lr_min=1e-3, betas=(0.9, 0.99), phi=0.5, omega=0.8),
     }
     params = [torch.nn.Parameter(x.clone()) for x in X0]

@@ -108,6 +108,7 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
                   f"{len(group['params'])}")
         id_to_param.update(zip(saved["params"], group["params"]))
         loaded = {k: v for k, v in saved.items() if k not in ("params", *_GROUP_COUNTERS)}
+        loaded.setdefault("weight_decay", 0.0)  # written before decoupled decay existed: none
         missing = [k for k in group if k not in loaded and k != "params"]
         if missing:
             _fail(f"param group {i} lacks {missing}")

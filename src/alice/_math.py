@@ -157,6 +157,7 @@ def samples_finite(g0, gp, gm, *, sigma, w2, hess_comp):
 def update_(
     mu, offset, G, V, H, R, g0, gp, gm, out, *, n, ok, move, check,
     sigma, beta1, beta2, beta3, eps, w1, w2, phi, omega, tau1, tau2, hess_comp, grad_glass, limit_method,
+    decay=0.0,
 ):
     """One Alice step on elementwise operands, written in place and only where ``ok``.
 
@@ -166,7 +167,9 @@ def update_(
     steps these elements took part in before this one and ``ok`` whether the step
     is taken (both 0-d tensors, so the decision never leaves the device). With
     ``move`` the centre and the look-ahead move by the bounded step, else (warm-up)
-    they stay. ``out`` (or ``None``) receives the new centre in the parameters'
+    they stay; a move first shrinks the centre by the decoupled weight decay,
+    ``mu - decay * mu`` (``decay = lr * weight_decay``; skipped when it is the number 0,
+    so trajectories without decay are bit-for-bit unchanged). ``out`` (or ``None``) receives the new centre in the parameters'
     dtype. With ``check``, ``ok`` is first narrowed by :func:`samples_finite` of these
     gradients (one compiled graph then decides and writes). Returns the ``ok`` used.
     """
@@ -189,8 +192,11 @@ def update_(
             G, V, H, R, eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
             grad_glass=grad_glass, limit_method=limit_method,
         )
-        new_mu = mu + phi * step
-        offset.copy_(keep((mu + omega * step) - new_mu, offset))
+        centre = mu
+        if not (isinstance(decay, (int, float)) and decay == 0):
+            centre = mu - decay * mu  # decoupled weight decay, before the move
+        new_mu = centre + phi * step
+        offset.copy_(keep((centre + omega * step) - new_mu, offset))
         mu.copy_(keep(new_mu, mu))
     if out is not None:
         out.copy_(mu)

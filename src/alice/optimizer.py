@@ -111,7 +111,11 @@ class Alice(Optimizer):
             square (default (0.9, 0.999)). The constructor's :math:`\beta_1` also sets
             the warm-up: the first ``floor(1/(1 - beta1))`` steps sample and do not move.
         eps: guard in denominators (default 1e-8).
-        w1, w2: L1 and L2 weights (default 0).
+        w1, w2: L1 and L2 weights (default 0), coupled: they enter the averaged gradient.
+        weight_decay: decoupled weight decay, as in AdamW (default 0): each moving step
+            first shrinks the centre, ``mu <- mu - lr * weight_decay * mu``; it never
+            enters the averages. Use :func:`alice.param_groups_for_weight_decay` to exempt
+            biases and norm weights.
         phi: fraction of the step taken by the centre :math:`\mu` (default ``1 - beta1``).
         omega: fraction of the step taken by the look-ahead :math:`\nu` (default 1).
         limit_method: ``"fixed"``, ``"sgdm"`` or ``"adam"`` (default): the unit of the bounds.
@@ -179,6 +183,7 @@ class Alice(Optimizer):
         grad_glass: bool = True,
         quick_steps: int = 3,
         *,
+        weight_decay: float = 0.0,
         seed: int | None = None,
         model: torch.nn.Module | None = None,
         closure_free: bool = False,
@@ -193,7 +198,7 @@ class Alice(Optimizer):
             lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps, w1=w1, w2=w2,
             phi=phi, omega=omega, limit_method=limit_method, lr_min=lr_min, lr_max=lr_max,
             scale_bounds_with_lr=scale_bounds_with_lr, hess_comp=hess_comp, grad_glass=grad_glass,
-            foreach=foreach, fused=fused,
+            foreach=foreach, fused=fused, weight_decay=weight_decay,
         )
         _schedule.check_group(defaults, quick_steps)
         self.quick_steps = quick_steps

@@ -102,6 +102,9 @@ class StepScalars:
     hess_comp: str
     grad_glass: bool
     limit_method: str
+    decay: float = 0.0
+    """``lr * weight_decay``: the share of ``mu`` the decoupled weight decay removes
+    before a move (0 for a group without decay or at lr 0)."""
 
 
 def step_scalars(group: dict, quick_steps: int) -> StepScalars:
@@ -113,7 +116,7 @@ def step_scalars(group: dict, quick_steps: int) -> StepScalars:
         sigma=lr, beta1=beta1, beta2=beta2, beta3=beta3(beta2, quick_steps), eps=group["eps"],
         w1=group["w1"], w2=group["w2"], phi=resolve_phi(group["phi"], beta1), omega=group["omega"],
         tau1=tau1, tau2=tau2, hess_comp=group["hess_comp"], grad_glass=group["grad_glass"],
-        limit_method=group["limit_method"],
+        limit_method=group["limit_method"], decay=lr * group.get("weight_decay", 0.0),
     )
 
 
@@ -175,7 +178,9 @@ def check_group(group: dict, quick_steps: int, where: str = "") -> None:
               f"such that (quick_steps + 1) * (1 - beta2) < 1 with quick_steps={quick_steps}, so beta3 > 0")
     if _real(where, "eps", group["eps"]) <= 0:
         _fail(where, "eps", group["eps"], "> 0")
-    for name in ("w1", "w2", "lr_min"):
+    for name in ("w1", "w2", "lr_min", "weight_decay"):
+        if name not in group:  # weight_decay: groups saved before it existed
+            continue
         if _real(where, name, group[name]) < 0:
             _fail(where, name, group[name], ">= 0")
     if group["phi"] is not None and not 0 < _real(where, "phi", group["phi"]) < 2:

@@ -21,8 +21,8 @@ accumulated the micro-batches' gradients and clipped them. Two ways run Alice th
 
 ``AliceTrainer`` builds an Alice from the ``TrainingArguments`` when no optimizer
 is passed: ``lr = learning_rate``, ``betas = (adam_beta1, adam_beta2)``,
-``eps = adam_epsilon``, and ``weight_decay`` as Alice's L2 weight ``w2`` on the
-parameters the Trainer would decay. Importing this module imports transformers
+``eps = adam_epsilon``, and ``weight_decay`` as Alice's decoupled ``weight_decay``
+(as AdamW takes it) on the parameters the Trainer would decay. Importing this module imports transformers
 (``import alice`` does not).
 """
 
@@ -125,8 +125,8 @@ class AliceTrainer(Trainer):
             decay = set(self.get_decay_parameter_names(model))
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
             groups = [
-                {"params": [p for n, p in named if n in decay], "w2": self.args.weight_decay},
-                {"params": [p for n, p in named if n not in decay], "w2": 0.0},
+                {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
             ]
             groups = [g for g in groups if g["params"]]
             self.optimizer = Alice(

@@ -87,6 +87,8 @@ def _scalar(value, dtype=torch.float64):
 def update_(tensors, kwargs):
     kwargs = dict(kwargs)
     kwargs.update({k: _scalar(kwargs[k]) for k in _DYNAMIC})
+    if kwargs["decay"] != 0:  # a graph with decay and one without: no decay costs nothing
+        kwargs["decay"] = _scalar(kwargs["decay"])
     return _run(_math.update_, tensors, kwargs)
 
 

@@ -1,0 +1,132 @@
+"""Decoupled weight decay (spec, "Extensions beyond the paper"): AdamW's rule on the
+centre, only on steps that move."""
+
+import math
+
+import pytest
+import torch
+
+import alice
+from alice import Alice
+
+
+def _quadratic_run(steps, lr=1e-2, lr_change=None, poison=(), **kwargs):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(7, dtype=torch.float64))
+    opt = Alice([p], lr=lr, seed=3, **kwargs)
+    trajectory = []
+    for n in range(steps):
+        if lr_change and n in lr_change:
+            opt.param_groups[0]["lr"] = lr_change[n]
+
+        def closure():
+            opt.zero_grad()
+            loss = ((p - 1.0) ** 2).sum() + (float("nan") if n in poison else 0.0)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        trajectory.append(p.detach().clone())
+    return opt, p, trajectory
+
+
+def test_zero_weight_decay_is_bit_for_bit_the_plain_trajectory():
+    _, _, plain = _quadratic_run(30)
+    _, _, zero = _quadratic_run(30, weight_decay=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, zero))
+
+
+def test_decay_shrinks_the_centre_before_the_move_and_never_in_warm_up():
+    # a zero gradient everywhere: the bounded step is 0, so only the decay moves mu
+    p = torch.nn.Parameter(torch.full((3,), 2.0, dtype=torch.float64))
+    opt = Alice([p], lr=0.1, weight_decay=0.5, seed=0)
+    values = []
+    for _ in range(13):
+        def closure():
+            opt.zero_grad()
+            loss = (p * 0).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        values.append(p.detach()[0].item())
+    warmup = opt.warmup_steps
+    assert values[:warmup] == [2.0] * warmup  # warm-up steps do not move, so do not decay
+    for k, v in enumerate(values[warmup:], start=1):
+        assert v == pytest.approx(2.0 * (1 - 0.1 * 0.5) ** k, rel=1e-12)
+
+
+def test_skipped_steps_and_lr_zero_groups_do_not_decay():
+    _, p_skip, traj = _quadratic_run(20, weight_decay=0.3, poison={14})
+    assert torch.equal(traj[14], traj[13])  # the non-finite step changed nothing
+    p = torch.nn.Parameter(torch.ones(4))
+    q = torch.nn.Parameter(torch.ones(4))
+    opt = Alice([{"params": [p]}, {"params": [q], "lr": 0.0}], lr=1e-2, weight_decay=0.5)
+    for _ in range(15):
+        def closure():
+            opt.zero_grad()
+            loss = (p * 0).sum() + (q * 0).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    assert torch.equal(q.detach(), torch.ones(4))
+    assert (p.detach() < 1).all()
+
+
+def test_decay_follows_the_groups_current_lr():
+    p = torch.nn.Parameter(torch.full((2,), 1.0, dtype=torch.float64))
+    opt = Alice([p], lr=0.1, weight_decay=1.0, seed=0)
+    for n in range(12):
+        if n == 11:
+            opt.param_groups[0]["lr"] = 0.05
+
+        def closure():
+            opt.zero_grad()
+            loss = (p * 0).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    assert p[0].item() == pytest.approx((1 - 0.1) * (1 - 0.05), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", None, True])
+def test_invalid_weight_decay_is_refused_by_name(bad):
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="weight_decay"):
+        Alice([p], weight_decay=bad)
+    opt = Alice([p])
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "weight_decay": bad})
+
+
+def test_weight_decay_round_trips_through_a_checkpoint_and_old_ones_load():
+    opt, p, _ = _quadratic_run(15, weight_decay=0.2)
+    state = opt.state_dict()
+    assert state["param_groups"][0]["weight_decay"] == 0.2
+    fresh = Alice([torch.nn.Parameter(p.detach().clone())], lr=1e-2, seed=3)
+    fresh.load_state_dict(state)
+    assert fresh.param_groups[0]["weight_decay"] == 0.2
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["weight_decay"]  # a checkpoint written before weight_decay existed
+    again = Alice([torch.nn.Parameter(p.detach().clone())], lr=1e-2, seed=3, weight_decay=0.0)
+    again.load_state_dict(old)
+    assert again.param_groups[0].get("weight_decay", 0.0) == 0.0
+
+
+def test_param_groups_for_weight_decay_exempts_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 1))
+    model[2].bias.requires_grad_(False)
+    groups = alice.param_groups_for_weight_decay(model, 0.1, no_decay=("2.weight",))
+    decay, keep = groups
+    assert decay["weight_decay"] == 0.1 and [tuple(p.shape) for p in decay["params"]] == [(8, 4)]
+    assert keep["weight_decay"] == 0.0 and len(keep["params"]) == 4  # 0.bias, norm w/b, 2.weight
+    opt = Alice(groups, lr=1e-2)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    with pytest.raises(ValueError, match="weight_decay"):
+        alice.param_groups_for_weight_decay(model, -1.0)
+    with pytest.raises(ValueError, match="no_decay"):
+        alice.param_groups_for_weight_decay(model, 0.1, no_decay=("nope",))
+    assert not math.isnan(groups[0]["weight_decay"])
