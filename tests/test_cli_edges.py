@@ -118,3 +118,11 @@ def test_interrupted_compare_keeps_finished_runs_and_resumes(tmp_path, capsys, m
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(row["seed"] for row in rows if row["done"]) == [0, 1]
+
+
+def test_tuple_value_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", "--task", "digits-mlp", "--optimizer", "adam,betas=(0.9,0.99)", "--seeds", "1",
+                 "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {row["optimizer"] for row in rows} == {"adam,betas=(0.9, 0.99)"}
