@@ -30,18 +30,26 @@ $(VENV)/.torch: $(BIN)/activate
 	|| { echo "No CPU build of $(TORCH): set TORCH_CPU_INDEX (see README, Quick start)"; exit 1; }
 	@touch $@
 
-$(VENV)/.deps: $(VENV)/.torch pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,compare,baselines]"
+# One stamp per extra, so `make demo` installs only what the demo needs (the compare extra)
+# and `make test` adds the test extra (pytest, hypothesis and the optional frameworks the
+# suite exercises; tests of a framework that is missing skip).
+$(VENV)/.deps-compare: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[compare]"
+	@touch $@
+
+$(VENV)/.deps-test: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[test]"
 	@touch $@
 
 # The README's small comparison: mnist-mlp, Alice vs Adam, 2 seeds (a few minutes on 2 CPU cores).
-demo: $(VENV)/.deps
+demo: $(VENV)/.deps-compare
 	$(BIN)/python -m alice demo
 
-test: $(VENV)/.deps
+test: $(VENV)/.deps-test
 	$(BIN)/python -m pytest -q
 
-bench: $(VENV)/.deps
+# Adam vs Alice only: the compare extra is enough.
+bench: $(VENV)/.deps-compare
 	$(BIN)/python benchmarks/optimizer_only.py --device cpu --optimizer adam,foreach=True --optimizer alice
 
 clean:

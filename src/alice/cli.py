@@ -17,8 +17,19 @@ from ._argtypes import positive_float, positive_int
 DEMO = dict(task="mnist-mlp", optimizers=["alice", "adam"], seeds=2, out="runs/demo")
 
 
+def _check_out(text: str) -> None:
+    """``--out`` must be a directory or creatable as one: no existing file at it or above it."""
+    path = Path(text)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "is a file" if folder == path else f"is under the file {folder}"
+            raise ValueError(f"Invalid --out: {text!r} {where} (give a directory)")
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .harness.runner import Settings, compare
+
+    _check_out(args.out)
 
     settings = Settings(
         task=args.task, optimizers=tuple(args.optimizers or ("alice", "adam")), seeds=args.seeds,
@@ -88,9 +99,20 @@ def _add_compare_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.set_defaults(handler=_compare)
 
 
+class _Version(argparse.Action):
+    """``--version``: the package's version, imported only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"alice {__version__}")
+        parser.exit(0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alice", description="Alice, the expected-loss curvature optimizer (arXiv 2411.16914).")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     compare = commands.add_parser(
         "compare", help="compare optimizers on a real task; writes results, plots and a report",
@@ -123,5 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     args.command = shlex.join(["alice", *argv])
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError) as error:
         parser.exit(2, f"alice: error: {error}\n")
+    except KeyboardInterrupt:
+        if args.handler is _compare:
+            results = Path(args.out) / "results.jsonl"
+            message = (f"alice: interrupted; finished runs are kept in {results}: "
+                       "rerun the same command to resume")
+        else:
+            message = "alice: interrupted"
+        print(message, file=sys.stderr)
+        return 130

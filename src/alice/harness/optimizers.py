@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,22 +60,39 @@ class Spec:
     family: str
     factory: Callable
     create_graph: bool = False
+    # The class whose constructor takes the ``key=value`` settings (called lazily: it may import),
+    # and the keywords the factory passes itself.
+    target: Callable[[], type] = lambda: torch.optim.Optimizer
+    fixed: tuple[str, ...] = ("params", "lr")
+
+
+_ALICE = dict(target=lambda: alice.Alice, fixed=("params", "lr", "seed", "model"))
+
+
+def _torch_target(name: str) -> dict:
+    return dict(target=lambda: getattr(torch.optim, name))
+
+
+def _external_target(name: str) -> dict:
+    return dict(target=lambda: _pytorch_optimizer(name))
 
 
 OPTIMIZERS: dict[str, Spec] = {
-    "alice": Spec("Alice, the default: glass + |Hessian| (glass_abs), quick_steps=3", "alice", _alice("glass_abs")),
+    "alice": Spec("Alice, the default: glass + |Hessian| (glass_abs), quick_steps=3", "alice", _alice("glass_abs"), **_ALICE),
     "alice-q0": Spec("Alice glass_abs sampling on every step (quick_steps=0)", "alice",
-                     _alice("glass_abs", quick_steps=0)),
-    "alice-glass": Spec("Alice preset glass: glass density only, no Hessian", "alice", _alice("glass")),
-    "alice-hessian": Spec("Alice preset hessian: |Hessian| only, no glass", "alice", _alice("hessian")),
-    "alice-glass_rms": Spec("Alice preset glass_rms: glass + rms Hessian", "alice", _alice("glass_rms")),
-    "adam": Spec("torch.optim.Adam", "adam", _torch("Adam")),
-    "adamw": Spec("torch.optim.AdamW (weight_decay=0.01)", "adamw", _torch("AdamW")),
-    "sgd": Spec("torch.optim.SGD, momentum 0.9", "sgd", _torch("SGD", momentum=0.9)),
+                     _alice("glass_abs", quick_steps=0), **_ALICE),
+    "alice-glass": Spec("Alice preset glass: glass density only, no Hessian", "alice", _alice("glass"), **_ALICE),
+    "alice-hessian": Spec("Alice preset hessian: |Hessian| only, no glass", "alice", _alice("hessian"), **_ALICE),
+    "alice-glass_rms": Spec("Alice preset glass_rms: glass + rms Hessian", "alice", _alice("glass_rms"), **_ALICE),
+    "adam": Spec("torch.optim.Adam", "adam", _torch("Adam"), **_torch_target("Adam")),
+    "adamw": Spec("torch.optim.AdamW (weight_decay=0.01)", "adamw", _torch("AdamW"), **_torch_target("AdamW")),
+    "sgd": Spec("torch.optim.SGD, momentum 0.9", "sgd", _torch("SGD", momentum=0.9), **_torch_target("SGD")),
     "adahessian": Spec("AdaHessian (pytorch-optimizer; Hutchinson every step)", "adahessian",
-                       _external("AdaHessian"), create_graph=True),
+                       _external("AdaHessian"), create_graph=True,
+                       **_external_target("AdaHessian")),
     "sophia": Spec("Sophia-H (pytorch-optimizer SophiaH; Hutchinson every 10 steps)", "sophia",
-                   _external("SophiaH"), create_graph=True),
+                   _external("SophiaH"), create_graph=True,
+                   **_external_target("SophiaH")),
 }
 
 
@@ -127,9 +145,46 @@ def hvp_evals(opt: torch.optim.Optimizer, step: int) -> int:
     return samples if (step - 1) % period == 0 else 0
 
 
+def _split(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and quotes, so ``betas=(0.9,0.99)`` stays whole."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [part.strip() for part in parts]
+
+
+def _check_keys(text: str, cls: type, keys, fixed: tuple[str, ...], extra: tuple[str, ...] = ()) -> None:
+    """Refuse settings that ``cls``'s constructor does not take, before anything runs or is written."""
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature to read: let the constructor judge
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [name for name, p in parameters.items() if name not in fixed and p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)] + list(extra)
+    for key in keys:
+        if key in fixed:
+            raise ValueError(f"Invalid --optimizer {text!r}: {key!r} is set by alice compare, not by a key=value")
+        if key not in valid:
+            raise ValueError(f"Invalid --optimizer {text!r}: unknown key {key!r} for {cls.__name__} "
+                             f"(valid: lr, {', '.join(valid)})")
+
+
 def parse(text: str) -> Choice:
     """Parse one ``--optimizer`` value; errors list the valid names."""
-    head, *pairs = [part.strip() for part in text.split(",")]
+    head, *pairs = _split(text)
     kwargs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -148,7 +203,10 @@ def parse(text: str) -> Choice:
             raise ValueError(f"Invalid --optimizer {text!r}: cannot import {module!r} ({error})") from None
         if not isinstance(found, type):
             raise ValueError(f"Invalid --optimizer {text!r}: {module} has no class {name!r}")
+        _check_keys(text, found, kwargs, ("params", "lr"), extra=("create_graph",))
         return Choice(label, None, head, kwargs, lr)
     if head not in OPTIMIZERS:
         raise ValueError(f"Invalid --optimizer: {head!r} (valid: {', '.join(OPTIMIZERS)}, or module:Class)")
-    return Choice(label, OPTIMIZERS[head], None, kwargs, lr)
+    spec = OPTIMIZERS[head]
+    _check_keys(text, spec.target(), kwargs, spec.fixed)
+    return Choice(label, spec, None, kwargs, lr)

@@ -48,18 +48,32 @@ class Writer:
         self._append(json.dumps(row, separators=(",", ":")) + "\n")
 
 
+ROW_KEYS = ("run", "attempt", "step")  # what every row has, whatever else it carries
+
+
 def read_rows(path: Path) -> list[dict]:
-    """All rows of the file; lines that do not parse (torn by a crash) are skipped with a warning."""
+    """All rows of the file; lines that do not parse (torn by a crash) are skipped with a warning.
+    A line that parses but is not a row (``42``, ``null``, an object without ``run``) is a
+    ``ValueError`` naming the file and line: such a file was not written by ``alice compare``."""
     if not path.exists():
         return []
     rows, torn = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             torn += 1
+            continue
+        if not isinstance(row, dict) or any(key not in row for key in ROW_KEYS):
+            missing = "" if not isinstance(row, dict) else \
+                f" (no {', '.join(k for k in ROW_KEYS if k not in row)})"
+            raise ValueError(f"{path}, line {number}: not a row of alice compare{missing}: "
+                             f"{line.strip()[:60]}")
+        if not isinstance(row["step"], int) or isinstance(row["step"], bool):
+            raise ValueError(f"{path}, line {number}: not a row of alice compare (step is not an integer)")
+        rows.append(row)
     if torn:
         warnings.warn(f"{path}: skipped {torn} incomplete line(s) left by an interrupted run", stacklevel=2)
     return rows
