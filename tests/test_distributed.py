@@ -114,12 +114,15 @@ def my_half(x, rank):
 
 
 def shard(model):
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # a CPU mesh: gloo ranks on the CPU, also on a machine with a GPU (whose mesh FSDP2 takes by default)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     for layer in model:
         if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 

@@ -73,6 +73,7 @@ def test_adam_and_alice_learn_digits(tmp_path):
 
 
 def test_gradient_evaluations_are_counted(tmp_path):
+    pytest.importorskip("pytorch_optimizer", reason="AdaHessian and Sophia come from pytorch-optimizer (extra: baselines)")
     out = run(tmp_path, optimizers=("alice", "alice-q0", "adam", "adahessian", "sophia"), steps=20, eval_every=20)
     evals = {rows[0]["optimizer"]: rows[-1]["grad_evals"] for rows in finished(out).values()}
     schedule = alice.Alice([torch.zeros(1, requires_grad=True)], lr=1e-2)

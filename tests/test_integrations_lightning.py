@@ -27,7 +27,7 @@ class Module(L.LightningModule):
 
     def training_step(self, batch, _):
         x, y = batch
-        loss = nn.functional.mse_loss(self.net(x).float(), y)
+        loss = nn.functional.mse_loss(self.net(x).float(), y.float())  # torch 2.11: mixed-dtype mse backward fails
         self.evaluations.append(self.optimizers().optimizer.evaluation)
         if at_center(self):
             self.logged.append(loss.item())
