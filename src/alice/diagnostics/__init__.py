@@ -4,12 +4,15 @@
   state (glass fraction, clip fractions, step ratio to Adam, ...): a flat dict of floats;
 * :func:`probe` -- the model-fit probe: how well the linear, Hessian and glass models
   of the expected loss predict what a step along Alice's direction actually does;
+* :func:`curvature` -- a curvature instrument for any model and optimizer: Hessian and
+  glass samples at the current parameters, their terms along a step, with intervals;
 * :func:`plot` -- heatmaps of per-layer statistics over training and the probe table
   (matplotlib, imported only when called).
 
 See ``docs/diagnostics.md``.
 """
 
+from .curvature import CurvatureReport, curvature
 from .probe import MODELS, ProbeReport, held_loss, probe
 from .stats import KEYS, PER_PARAM_KEYS, diagnostics, param_names
 
@@ -21,5 +24,5 @@ def plot(*args, **kwargs):
     return _plot(*args, **kwargs)
 
 
-__all__ = ["KEYS", "MODELS", "PER_PARAM_KEYS", "ProbeReport", "diagnostics", "held_loss", "param_names",
+__all__ = ["KEYS", "MODELS", "PER_PARAM_KEYS", "CurvatureReport", "ProbeReport", "curvature", "diagnostics", "held_loss", "param_names",
            "plot", "probe"]
