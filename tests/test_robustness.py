@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import alice
 from alice import Alice
 
 
@@ -192,3 +193,10 @@ def test_closure_free_eval_mode_survives_loading_and_copying(how):
             o.step()
             o.zero_grad()
     assert torch.equal(flat(model), flat(reference[0]))
+
+
+def test_a_missing_closure_names_the_fixes_including_alice_trainer():
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(alice.ClosureError, match="AliceTrainer") as err:
+        alice.Alice([p]).step()
+    assert "closure_free=True" in str(err.value)

@@ -422,7 +422,8 @@ class Alice(Optimizer):
             raise ClosureError(f"Alice.step() got closure={closure!r}, which is not callable.\n" + CLOSURE_HELP)
         if closure is None and not self.closure_free:
             raise ClosureError(
-                "Alice.step() got no closure. Either pass one (exact Alice), or, for training loops that "
+                "Alice.step() got no closure. Either pass one (exact Alice; with the HF Trainer, use "
+                "alice.integrations.hf.AliceTrainer, which passes it), or, for training loops that "
                 "call step() themselves (HF Trainer, timm, GradScaler, accumulation by the loop), build "
                 "the optimizer with Alice(..., closure_free=True), an approximation documented in the "
                 "README.\n" + CLOSURE_HELP
