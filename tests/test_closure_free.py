@@ -144,3 +144,13 @@ def test_a_checkpoint_inside_a_sampling_step_resumes_exactly(stop_after):
     call(model2, opt2, 20)
     opt2.eval()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+def test_closure_free_warm_up_takes_three_optimizer_steps_per_alice_step():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = Alice([p], lr=1e-2, closure_free=True)
+    for _ in range(30):
+        opt.zero_grad()
+        (p ** 2).sum().backward()
+        opt.step()
+    assert opt.calls == 10 and opt.steps == 10  # the 10 warm-up steps all sample
