@@ -30,6 +30,25 @@ def _quadratic_run(steps, lr=1e-2, lr_change=None, poison=(), **kwargs):
     return opt, p, trajectory
 
 
+def _flat_steps(opt, params, steps, lr_at=None):
+    """``steps`` steps on a loss with zero gradient everywhere: the bounded step is 0,
+    so only the decay moves mu. Returns the first parameter's first value after each."""
+    values = []
+    for n in range(steps):
+        if lr_at and n in lr_at:
+            opt.param_groups[0]["lr"] = lr_at[n]
+
+        def closure():
+            opt.zero_grad()
+            loss = sum((p * 0).sum() for p in params)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        values.append(params[0].detach()[0].item())
+    return values
+
+
 def test_zero_weight_decay_is_bit_for_bit_the_plain_trajectory():
     _, _, plain = _quadratic_run(30)
     _, _, zero = _quadratic_run(30, weight_decay=0.0)
@@ -40,16 +59,7 @@ def test_decay_shrinks_the_centre_before_the_move_and_never_in_warm_up():
     # a zero gradient everywhere: the bounded step is 0, so only the decay moves mu
     p = torch.nn.Parameter(torch.full((3,), 2.0, dtype=torch.float64))
     opt = Alice([p], lr=0.1, weight_decay=0.5, seed=0)
-    values = []
-    for _ in range(13):
-        def closure():
-            opt.zero_grad()
-            loss = (p * 0).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        values.append(p.detach()[0].item())
+    values = _flat_steps(opt, [p], 13)
     warmup = opt.warmup_steps
     assert values[:warmup] == [2.0] * warmup  # warm-up steps do not move, so do not decay
     for k, v in enumerate(values[warmup:], start=1):
@@ -62,14 +72,7 @@ def test_skipped_steps_and_lr_zero_groups_do_not_decay():
     p = torch.nn.Parameter(torch.ones(4))
     q = torch.nn.Parameter(torch.ones(4))
     opt = Alice([{"params": [p]}, {"params": [q], "lr": 0.0}], lr=1e-2, weight_decay=0.5)
-    for _ in range(15):
-        def closure():
-            opt.zero_grad()
-            loss = (p * 0).sum() + (q * 0).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+    _flat_steps(opt, [p, q], 15)
     assert torch.equal(q.detach(), torch.ones(4))
     assert (p.detach() < 1).all()
 
@@ -77,17 +80,7 @@ def test_skipped_steps_and_lr_zero_groups_do_not_decay():
 def test_decay_follows_the_groups_current_lr():
     p = torch.nn.Parameter(torch.full((2,), 1.0, dtype=torch.float64))
     opt = Alice([p], lr=0.1, weight_decay=1.0, seed=0)
-    for n in range(12):
-        if n == 11:
-            opt.param_groups[0]["lr"] = 0.05
-
-        def closure():
-            opt.zero_grad()
-            loss = (p * 0).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+    _flat_steps(opt, [p], 12, lr_at={11: 0.05})
     assert p[0].item() == pytest.approx((1 - 0.1) * (1 - 0.05), rel=1e-12)
 
 
