@@ -22,9 +22,8 @@ def param_groups_for_weight_decay(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module)")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be a finite number >= 0)")
-    if weight_decay == float("inf"):
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+            or not 0 <= weight_decay < float("inf")):
         raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be a finite number >= 0)")
     names = dict(model.named_parameters())
     unknown = sorted(set(no_decay) - set(names))
