@@ -177,3 +177,60 @@ def test_bad_loss_and_optimizer_arguments():
         probe(torch.optim.SGD([x], lr=0.1), lambda: x.sum())
     with pytest.raises(ValueError, match=r"Invalid batches\[0\]"):
         held_loss(torch.nn.Linear(3, 1), torch.nn.functional.mse_loss, [torch.ones(3)])
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda out, y: (out - y).pow(2).reshape(-1), r"returned a tensor of shape \(16,\)"),
+    (lambda out, y: "loss", "returned str 'loss'"),
+    (lambda out, y: None, "returned NoneType None"),
+])
+def test_a_loss_that_is_not_one_number_is_refused_by_name(bad, message):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    opt = _train(lambda: torch.nn.functional.mse_loss(model(x), y), model.parameters(), 2, lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"Invalid loss_fn\(model\(x\), y\): " + message):
+        probe(opt, model=model, loss_fn=bad, batches=[(x, y)], layers="none")
+    with pytest.raises(ValueError, match="Invalid loss: " + message):
+        probe(opt, lambda: bad(model(x), y), layers="none")
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def _closure_free(steps: int, probe_after: int | None = None):
+    """A ReLU net trained closure-free for ``steps`` steps, probed (in train mode) after
+    ``probe_after`` of them, else after eval() at the end; returns the report, the
+    parameters after the last step (train mode) and the optimizer."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    opt = Alice(model.parameters(), lr=0.05, closure_free=True, seed=1)
+    read = lambda: probe(opt, model=model, loss_fn=torch.nn.functional.mse_loss,  # noqa: E731
+                         batches=[(x, y)], layers="none")
+    report = None
+    for n in range(steps):
+        if n == probe_after:
+            point = [p.detach().clone() for p in model.parameters()]
+            assert opt.training
+            report = read()
+            assert opt.training and all(torch.equal(a, p) for a, p in zip(point, model.parameters()))
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    params = [p.detach().clone() for p in model.parameters()]
+    if probe_after is None:
+        opt.eval()
+        assert not opt.training
+        report = read()
+    return report, params, opt
+
+
+def test_closure_free_probe_in_train_mode_measures_around_mu():
+    # in train mode the parameters hold the evaluation point, sigma away from mu: the probe
+    # reads what it reads after eval(), leaves the point in place and changes no later step
+    in_train, params, _ = _closure_free(14, probe_after=9)
+    at_mu, _, _ = _closure_free(9)
+    _, plain, _ = _closure_free(14)
+    assert in_train.rows[0].measured == at_mu.rows[0].measured
+    assert in_train.rows[0].err == at_mu.rows[0].err
+    assert all(torch.equal(a, b) for a, b in zip(params, plain))

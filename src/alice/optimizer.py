@@ -559,6 +559,13 @@ class Alice(Optimizer):
         self._position(new=True)
         return loss
 
+    @property
+    def training(self) -> bool:
+        """Closure-free mode: True between :meth:`train` and :meth:`eval` (the parameters
+        hold the evaluation point), False after :meth:`eval` (they hold ``mu``). Always
+        True in closure mode, where the parameters hold ``mu`` between steps."""
+        return self._training
+
     def train(self, mode: bool = True) -> Alice:
         """Closure-free mode: put the evaluation point back in the parameters (``mode``
         False is :meth:`eval`). HF Trainer and Accelerate call it when it exists."""

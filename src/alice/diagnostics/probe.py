@@ -79,7 +79,7 @@ def held_loss(model: torch.nn.Module, loss_fn: Callable[[Any, Any], Tensor], bat
         training = model.training
         model.train(not eval_mode and training)
         try:
-            return sum(loss_fn(model(x), y) for x, y in held) / len(held)
+            return sum(_one_number(loss_fn(model(x), y), "loss_fn(model(x), y)") for x, y in held) / len(held)
         finally:
             model.train(training)
 
@@ -168,6 +168,18 @@ class ProbeReport:
     __str__ = table
 
 
+def _one_number(value: Any, what: str) -> Any:
+    """``value`` itself if it is a loss (a number or a one-element real tensor), else a
+    ValueError naming ``what`` returned it."""
+    if isinstance(value, bool) or not isinstance(value, (Tensor, int, float)):
+        raise ValueError(f"Invalid {what}: returned {type(value).__name__} {value!r:.60} "
+                         "(must return the loss as a number or a one-element tensor)")
+    if isinstance(value, Tensor) and (value.numel() != 1 or value.is_complex()):
+        raise ValueError(f"Invalid {what}: returned a tensor of shape {tuple(value.shape)} "
+                         "(must return the loss as a number or a one-element tensor; reduce it, e.g. .mean())")
+    return value
+
+
 def _rms(values: Sequence[float]) -> float:
     return math.sqrt(sum(v * v for v in values) / len(values)) if values else math.nan
 
@@ -254,12 +266,24 @@ def probe(
     if not hasattr(optimizer, "quick_steps") or not hasattr(optimizer, "param_groups"):
         raise ValueError(f"Invalid optimizer: {type(optimizer).__name__} (must be an alice.Alice)")
 
+    # closure-free mode, training: the parameters hold the evaluation point; measure around mu
+    at_point = getattr(optimizer, "closure_free", False) and optimizer.training
+    if at_point:
+        optimizer.eval()
+    try:
+        return _probe(optimizer, loss, lengths, draws, layers, names, seed)
+    finally:
+        if at_point:
+            optimizer.train()
+
+
+def _probe(optimizer, loss, lengths, draws, layers, names, seed) -> ProbeReport:
     tensors = _gather(optimizer, names)
     if not tensors or optimizer.calls == 0:
         raise ValueError("Invalid optimizer: it holds no state yet (take at least one step before probing)")
     units = _units(tensors, layers)
     generator = torch.Generator().manual_seed(int(seed))
-    evaluate = lambda: torch.as_tensor(loss()).detach().to(torch.float64).reshape(())  # noqa: E731
+    evaluate = lambda: torch.as_tensor(_one_number(loss(), "loss")).detach().to(torch.float64).reshape(())  # noqa: E731
     changes: dict[str, list[list[Tensor]]] = {name: [[] for _ in lengths] for name in ("all", *units)}
     try:
         for _ in range(draws):
