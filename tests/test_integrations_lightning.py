@@ -145,3 +145,50 @@ def test_closure_free_accumulation_equals_the_full_batch():
         trainer.optimizers[0].eval()
         finals.append(torch.cat([p.detach().reshape(-1) for p in module.parameters()]))
     torch.testing.assert_close(finals[1], finals[0], rtol=1e-5, atol=1e-6)
+
+
+class Validated(Module):
+    """Records, in every validation step, whether Alice had mu in the parameters."""
+
+    def __init__(self):
+        super().__init__(closure_free=True, lr=5e-2)
+        self.validated_at_mu = []
+
+    def validation_step(self, batch, _):
+        self.validated_at_mu.append(not self.optimizers().optimizer.training)
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+
+def _params(module):
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def test_closure_free_callback_validates_checkpoints_and_ends_at_mu(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(callbacks, validate):
+        module = Validated()
+        trainer = L.Trainer(max_steps=16, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=callbacks, limit_val_batches=2,
+                            val_check_interval=4 if validate else None, num_sanity_val_steps=1,
+                            limit_train_batches=None if validate else 16, check_val_every_n_epoch=None)
+        trainer.fit(module, loader(16), loader(64) if validate else None)
+        return module, trainer.optimizers[0]
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    module, opt = run([AliceCallback(), checkpoint], validate=True)
+    assert module.validated_at_mu == [True] * 9  # a sanity batch, then 4 validations x 2 batches: at mu
+    assert not opt.training  # the fit ended with mu in the parameters
+    at_end = _params(module)
+    opt.eval()
+    torch.testing.assert_close(_params(module), at_end, rtol=0, atol=0)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    torch.testing.assert_close(torch.cat([v.reshape(-1) for v in saved.values()]), at_end, rtol=0, atol=0)
+    # validating (eval, then train again) changed no training step
+    plain, plain_opt = run([AliceCallback()], validate=False)
+    torch.testing.assert_close(_params(plain), at_end, rtol=0, atol=0)
+    # without the callback the model is left at the evaluation point, sigma away from mu
+    bare, bare_opt = run([], validate=False)
+    assert bare_opt.training
+    assert (_params(bare) - at_end).abs().max() > 1e-3

@@ -133,7 +133,9 @@ class AliceCallback(_Callback):
         self._at_mu(trainer)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.training:  # validation within fit: training goes on from the evaluation point
+        # validation within fit (trainer.training is False while it runs): training goes on
+        # from the evaluation point
+        if trainer.state.fn == "fit":
             self._at_point(trainer)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
