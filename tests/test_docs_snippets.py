@@ -148,4 +148,4 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
 
 def test_the_readme_has_runnable_blocks():
     runnable = [b for b in BLOCKS if b.path.name == "README.md" and b.lang == "python" and b.mark != "not-run"]
-    assert len(runnable) >= 4
+    assert len(runnable) >= 3  # Usage, GradScaler, Accelerate
