@@ -98,6 +98,9 @@ def _chain(block: Block) -> list[Block]:
     return chain[::-1]
 
 
+RAN: dict[str, dict] = {}  # namespace after each block that ran: a "continues" block resumes from it
+
+
 def _alarm(signum, frame):
     raise TimeoutError(f"a documentation block ran for more than {SECONDS} s: bound its run")
 
@@ -130,7 +133,11 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
                                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())).items():
             monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)  # blocks that write (checkpoints, logs, output_dir) write here
-    namespace = {"__name__": "__main__"}
+    if block.mark == "continues" and block.previous.id in RAN and "init_process_group" not in code:
+        # the blocks before it ran in this session: go on from there (a process group is gone: rerun)
+        chain, namespace = [block], RAN[block.previous.id]
+    else:
+        namespace = {"__name__": "__main__"}
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(SECONDS)
     try:
@@ -139,9 +146,13 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
                 warnings.simplefilter("error")
             for part in chain:
                 exec(compile(part.code, f"{part.id}", "exec"), namespace)
+                RAN[part.id] = namespace
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        for value in namespace.values():  # writers left open would flush after the directory is gone
+            if type(value).__name__ == "SummaryWriter":
+                value.close()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
