@@ -196,10 +196,14 @@ def compare(settings: Settings) -> Path:
     warmed: set[str] = set()
     with tqdm(total=total, disable=not settings.progress, unit="step", dynamic_ncols=True) as bar, \
             _threads(settings.threads):
+        resumed: set[str] = set()  # runs an earlier command finished: out of the total, named in the bar
+
         def execute(runs):
             for run in runs:
                 if run.key in done:
-                    bar.update(run.steps)
+                    resumed.add(run.key)
+                    bar.total -= run.steps
+                    bar.set_postfix_str(f"{len(resumed)} {'run' if len(resumed) == 1 else 'runs'} already done")
                     continue
                 bar.set_description(f"{label} {run.optimizer.label} lr={run.lr:g} seed {run.seed}")
                 if run.optimizer.label not in warmed:  # untimed: first calls pay for lazy initialisation
