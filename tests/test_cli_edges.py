@@ -126,3 +126,13 @@ def test_tuple_value_runs_end_to_end(tmp_path, capsys):
                  "--steps", "2", "--out", str(out), "--no-progress"]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {row["optimizer"] for row in rows} == {"adam,betas=(0.9, 0.99)"}
+
+
+def test_resume_counts_only_what_remains(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["compare", "--task", "digits-mlp", "--optimizer", "adam", "--steps", "3", "--out", str(out)]
+    assert main([*argv, "--seeds", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--seeds", "3"]) == 0  # seeds 0 and 1 are in results.jsonl: one run of 3 steps is left
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert " 3/3 " in bar and "2 runs already done" in bar, bar
