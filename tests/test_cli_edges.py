@@ -32,6 +32,19 @@ def test_unknown_optimizer_key_fails_before_any_folder(tmp_path, capsys, spec, k
     assert not out.exists()
 
 
+@pytest.mark.parametrize("spec, says", [
+    ("adam,betas=(0.9", "betas=(0.9 is not a Python literal"),         # an unclosed tuple
+    ("adam,betas=(2.0,0.9)", "Invalid beta parameter at index 0: 2.0"),  # refused by torch's constructor
+    ("sgd,momentum=-1", "Invalid momentum value: -1"),
+    ("alice,hess_comp=bogus", "Invalid hess_comp: 'bogus'"),               # refused by Alice's constructor
+])
+def test_bad_optimizer_value_fails_before_any_folder(tmp_path, capsys, spec, says):
+    out = tmp_path / "out"
+    err = _fails(["compare", "--optimizer", spec, "--out", str(out), "--no-progress", "--steps", "2"], capsys)
+    assert err.startswith(f"alice: error: Invalid --optimizer {spec!r}: ") and says in err, err
+    assert not out.exists()
+
+
 def test_tuple_values_parse_to_tuples():
     choice = optimizers.parse("adam,betas=(0.9,0.99),eps=1e-7")
     assert choice.kwargs == {"betas": (0.9, 0.99), "eps": 1e-7}

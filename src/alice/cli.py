@@ -26,10 +26,29 @@ def _check_out(text: str) -> None:
             raise ValueError(f"Invalid --out: {text!r} {where} (give a directory)")
 
 
+def _check_optimizers(specs: list[str]) -> None:
+    """Build each ``--optimizer`` once on a throw-away parameter, so that its constructor judges
+    the values (``betas=(2.0,0.9)``, an unclosed ``(0.9``) before any folder is made."""
+    import torch
+
+    from .harness import optimizers
+
+    for text in specs:
+        choice = optimizers.parse(text)
+        for key, value in choice.kwargs.items():  # a bracket or quote that ``parse`` kept as text
+            if isinstance(value, str) and value[:1] in "([{'\"":
+                raise ValueError(f"Invalid --optimizer {text!r}: {key}={value} is not a Python literal")
+        try:
+            choice.build(torch.nn.Linear(1, 1), choice.lr or 1e-3, 0)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Invalid --optimizer {text!r}: {error}") from None
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .harness.runner import Settings, compare
 
     _check_out(args.out)
+    _check_optimizers(args.optimizers or ["alice", "adam"])
 
     settings = Settings(
         task=args.task, optimizers=tuple(args.optimizers or ("alice", "adam")), seeds=args.seeds,
