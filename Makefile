@@ -30,9 +30,14 @@ $(VENV)/.torch: $(BIN)/activate
 	|| { echo "No CPU build of $(TORCH): set TORCH_CPU_INDEX (see README, Quick start)"; exit 1; }
 	@touch $@
 
-# One stamp per extra, so `make demo` installs only what the demo needs (the compare extra)
-# and `make test` adds the test extra (pytest, hypothesis and the optional frameworks the
-# suite exercises; tests of a framework that is missing skip).
+# One stamp per extra, so `make demo` installs only what the demo needs (the demo extra:
+# no scikit-learn, which only the digits and breast-cancer tasks use), `make bench` the
+# compare extra and `make test` the test extra (pytest, hypothesis and the optional
+# frameworks the suite exercises; tests of a framework that is missing skip).
+$(VENV)/.deps-demo: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[demo]"
+	@touch $@
+
 $(VENV)/.deps-compare: $(VENV)/.torch pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[compare]"
 	@touch $@
@@ -41,8 +46,8 @@ $(VENV)/.deps-test: $(VENV)/.torch pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	@touch $@
 
-# The README's small comparison: mnist-mlp, Alice vs Adam, 2 seeds (a few minutes on 2 CPU cores).
-demo: $(VENV)/.deps-compare
+# The README's small comparison: mnist-mlp, Alice vs Adam, 2 seeds (README, Quick start: measured time).
+demo: $(VENV)/.deps-demo
 	$(BIN)/python -m alice demo
 
 test: $(VENV)/.deps-test
