@@ -22,6 +22,7 @@ import re
 import signal
 import socket
 import sys
+import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # docs/study/ holds reports
-FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.S | re.M)
+FENCE = re.compile(r"^( *)```([^\n`]*)\n(.*?)^\1```[ \t]*$", re.S | re.M)  # (indented in lists too)
 MARK = re.compile(r"<!--\s*(not-run|continues)\s*:?\s*(.*?)\s*-->\s*\Z", re.S)
 FRAMEWORKS = {"lightning", "transformers", "accelerate", "timm", "tensorboard"}
 SECONDS = 60  # a block that runs longer is unbounded (Lightning's default is 1000 epochs)
@@ -59,7 +60,8 @@ def _blocks() -> list[Block]:
         for match in FENCE.finditer(text):
             before = text[:match.start()].rstrip("\n")
             mark = MARK.search(before[before.rfind("\n") + 1:] if "\n" in before else before)
-            block = Block(path, text[:match.start()].count("\n") + 1, match.group(1).strip(), match.group(2),
+            block = Block(path, text[:match.start()].count("\n") + 1, match.group(2).strip(),
+                          textwrap.dedent(match.group(3)),
                           mark and mark.group(1), mark.group(2) if mark else "", previous)
             found.append(block)
             if block.lang == "python":
