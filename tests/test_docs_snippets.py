@@ -162,3 +162,26 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
 def test_the_readme_has_runnable_blocks():
     runnable = [b for b in BLOCKS if b.path.name == "README.md" and b.lang == "python" and b.mark != "not-run"]
     assert len(runnable) >= 3  # Usage, GradScaler, Accelerate
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    headings = re.findall(r"^#+ (.*?)\s*$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_relative_links_and_anchors_resolve():
+    broken = []
+    for path in FILES:
+        for target in LINK.findall(FENCE.sub("", path.read_text(encoding="utf-8"))):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+    assert not broken, broken
