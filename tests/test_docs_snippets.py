@@ -140,8 +140,9 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
         chain, namespace = [block], RAN[block.previous.id]
     else:
         namespace = {"__name__": "__main__"}
-    previous = signal.signal(signal.SIGALRM, _alarm)
+    previous, threads = signal.signal(signal.SIGALRM, _alarm), torch.get_num_threads()
     signal.alarm(SECONDS)
+    torch.set_num_threads(1)  # tiny data: more threads only wait on each other on a busy machine
     try:
         with warnings.catch_warnings():
             if not imported & FRAMEWORKS:
@@ -152,6 +153,7 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        torch.set_num_threads(threads)
         for value in namespace.values():  # writers left open would flush after the directory is gone
             if type(value).__name__ == "SummaryWriter":
                 value.close()
