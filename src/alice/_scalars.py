@@ -208,3 +208,17 @@ def check_group(group: dict, quick_steps: int, where: str = "") -> None:
             _fail(where, name, group[name], "a bool")
     if not group["grad_glass"] and group["hess_comp"] == "zero":
         _fail(where, "grad_glass", False, 'True when hess_comp="zero" (the step would have no curvature at all)')
+
+
+def check_params(param_groups: list[dict]) -> None:
+    """Raise ``ValueError`` if a parameter is listed twice or is not real floating point."""
+    listed = set()
+    for p in (q for g in param_groups for q in g["params"]):
+        if id(p) in listed:
+            raise ValueError(f"Invalid params: a parameter of shape {tuple(p.shape)} is listed twice")
+        listed.add(id(p))
+        if not p.is_floating_point():
+            raise ValueError(
+                f"Invalid parameter of dtype {p.dtype} and shape {tuple(p.shape)} "
+                "(Alice updates real floating-point parameters only)"
+            )

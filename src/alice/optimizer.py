@@ -7,7 +7,6 @@ The step in progress is :class:`alice.pending.PendingStep`; the state's layout i
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,14 +14,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _checkpoint
-from . import _scalars
+from . import _checkpoint, _scalars, errors
 from . import distributed as _dist
 from ._frameworks import refuse_framework_loops
-from .errors import CLOSURE_HELP, ClosureError, LoopError
-from .pending import PendingStep
-from .points import Replay, run_closure, warn_vanishing_perturbations
-from .state import AliceState
+from .pending import PendingStep, take_every_gradient, take_one_gradient
+from .points import run_closure, warn_vanishing_perturbations
+from .state import AliceState, Skips
 
 __all__ = ["Alice", "PRESETS"]
 
@@ -36,106 +33,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class Alice(Optimizer):
-    r"""Alice: steps that minimise a model of the *expected* loss around the iterate.
-
-    Implements the update of "Curvature in the Looking-Glass: Optimal Methods to
-    Exploit Curvature of Expectation in the Loss Landscape" (Duersch, Catanach,
-    Safonov, Wendt; arXiv 2411.16914), exactly as in the project's contract
-    ``docs/alice-update.md``. Near ReLU-like kinks the gradient jumps between
-    nearby points (the "gradient glass"); its density :math:`\rho` is a curvature
-    of the expected loss that the Hessian misses. Alice estimates :math:`\rho` and
-    a Hessian magnitude :math:`H` from gradients at Rademacher perturbations of
-    length :math:`\sigma = \text{lr}`, and takes the step that minimises the
-    expected-loss model, bounded Adam-style, from a Nesterov-like look-ahead.
-
-    .. math::
-        \begin{aligned}
-        &\textbf{state: } \mu \text{ (held by the parameter)},\ \nu = \mu,\
-            G = V = H = R = 0;\quad
-            b_i = \min(\beta_i, (n-1)/n),\ \beta_3 = 1 - (q+1)(1-\beta_2) \\
-        &\textbf{sampling step } (n \le 1/(1-\beta_1) \text{ or } (q+1) \mid n):
-            z \sim \{\pm1\}^d,\ g_\pm = \nabla L(\nu \pm \sigma z),\ g_0 = \nabla L(\nu) \\
-        &\quad H \leftarrow \text{avg}_{b_3}\big(|g_+ - g_-| / 2\sigma + w_2\big)
-            \ (\text{or the square for "rms"}),\quad
-            R \leftarrow \text{avg}_{b_3}\big(2 (\tfrac{g_+ + g_-}{2} - g_0)^2 / \sigma\big) \\
-        &\textbf{quick step: } g_0 = \nabla L(\nu) \text{ only} \\
-        &\textbf{always: } V \leftarrow \text{avg}_{b_2}(g_0^2),\quad
-            G \leftarrow \text{avg}_{b_1}\big(g_0 + w_1 \operatorname{sign}(\nu) + w_2 \nu\big) \\
-        &\textbf{move (after warm-up): } \alpha = \tfrac{3}{4\pi} R / (|G| + \epsilon),\quad
-            t = |G| / \big(\alpha + h + \sqrt{\alpha(\alpha + 2h)} + \epsilon\big) \\
-        &\quad t \leftarrow \text{clip}\big(t, [\tau_1, \tau_2] \cdot |G| / (\sqrt V + \epsilon)\big),
-            \quad s = -\operatorname{sign}(G)\, t,\quad
-            \nu \leftarrow \mu + \omega s,\quad \mu \leftarrow \mu + \phi s
-        \end{aligned}
-
-    where :math:`\text{avg}_b(x)` means :math:`A \leftarrow x + b (A - x)`,
-    :math:`h` is :math:`0`, :math:`H` or :math:`\sqrt H` (``hess_comp``), and the
-    bound's unit is 1, :math:`|G|` or :math:`|G|/(\sqrt V + \epsilon)` (``limit_method``).
-
-    Args:
-        params: parameters or param groups. Every hyperparameter below except
-            ``quick_steps`` (and ``seed``, ``model``) may be set per group.
-        lr: perturbation length :math:`\sigma` and the unit of the step bounds (default
-            1e-3). May be 0 (a scheduler's warm-up): such a step evaluates once at
-            :math:`\nu` and changes nothing for the group.
-        betas: :math:`(\beta_1, \beta_2)` for the averages of the gradient and of its
-            square (default (0.9, 0.999)). The constructor's :math:`\beta_1` also sets
-            the warm-up: the first ``floor(1/(1 - beta1))`` steps sample and do not move.
-        eps: guard in denominators (default 1e-8).
-        w1, w2: L1 and L2 weights (default 0), coupled: they enter the averaged gradient.
-        weight_decay: decoupled weight decay, as in AdamW (default 0): each moving step
-            first shrinks the centre, ``mu <- mu - lr * weight_decay * mu``; it never
-            enters the averages. Use :func:`alice.param_groups_for_weight_decay` to exempt
-            biases and norm weights.
-        phi: fraction of the step taken by the centre :math:`\mu` (default ``1 - beta1``).
-        omega: fraction of the step taken by the look-ahead :math:`\nu` (default 1).
-        limit_method: ``"fixed"``, ``"sgdm"`` or ``"adam"`` (default): the unit of the bounds.
-        lr_min, lr_max: lower and upper step bounds in that unit (defaults 0 and
-            twice the group's initial lr).
-        scale_bounds_with_lr: bounds follow later changes of the group's lr (schedulers)
-            by the same factor (default True).
-        hess_comp: Hessian term ``"zero"``, ``"abs"`` (default) or ``"rms"``.
-        grad_glass: include the glass term (default True).
-        quick_steps: one-gradient steps between two sampling steps (default 3); global.
-        seed: seed of the counter-based Rademacher signs (default: drawn once from
-            torch's global RNG, so ``torch.manual_seed`` makes runs reproducible). When a
-            process group is initialised, every rank uses rank 0's seed (drawn or given;
-            a different explicit seed on another rank raises ``ValueError``), and a step
-            is skipped on every rank when any rank sees a non-finite value: see
-            ``alice.distributed`` and ``docs/distributed.md``.
-        model: optional module whose buffers (BatchNorm running statistics) must change
-            as in one ordinary training step, from the evaluation at :math:`\nu`. Without
-            it, a sampling step's three forward passes each update them (as in the
-            authors' code). With it, a skipped (non-finite) step also leaves them untouched.
-        foreach: ``False`` runs the per-parameter loop (the readable ground truth);
-            otherwise each phase runs over whole flat buffers.
-        fused: compile each phase into one kernel with ``torch.compile`` (default: for
-            buffers of at least 2**20 elements where compiling works; see
-            ``alice.kernels.set_compile_enabled`` to turn compiling off everywhere).
-
-    ``step(closure)`` needs a closure that re-evaluates the model, calls ``backward()``
-    and returns the loss; it is called three times on a sampling step and once on a
-    quick step, with the parameters at the evaluation point, and ``step`` returns the
-    loss at :math:`\nu`. The global RNG streams are rewound between the three calls
-    so that dropout masks agree. A step whose loss or gradients are not finite (or
-    whose averages would overflow) changes nothing; the decision is taken on the
-    device, without a host sync, and counted in :attr:`skipped_steps`.
-
-    Example:
-        >>> opt = Alice(model.parameters(), lr=1e-3)
-        >>> def closure():
-        ...     opt.zero_grad()
-        ...     loss = loss_fn(model(x), y)
-        ...     loss.backward()
-        ...     return loss
-        >>> loss = opt.step(closure)
-
-    .. warning::
-        The authors' code (``sandialabs/alice``) warms up for 9 rather than 10 steps at
-        ``beta1 = 0.9`` (a float32 comparison) and rounds the glass constant; Alice
-        follows the paper's exact values, so trajectories differ from it at those points.
-    """
-
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -186,9 +83,7 @@ class Alice(Optimizer):
     def _init_counters(self) -> None:
         self._calls = 0  # calls of step() that advanced the schedule
         self._state = AliceState()
-        self._skipped: Tensor | None = None  # on the first bucket's device
-        self._skipped_seen: Tensor | None = None  # a host copy, refreshed without waiting
-        self._warned = 0
+        self._skips = Skips()
         self._warned_rounding = False
         self._in_step = False
         self._closure_checked = False  # a Lightning closure's Trainer is checked at the first step
@@ -209,17 +104,7 @@ class Alice(Optimizer):
         group = self.param_groups[-1]
         try:
             _scalars.check_group(group, self.quick_steps)
-            listed = set()
-            for p in (q for g in self.param_groups for q in g["params"]):
-                if id(p) in listed:
-                    raise ValueError(f"Invalid params: a parameter of shape {tuple(p.shape)} is listed twice")
-                listed.add(id(p))
-            for p in group["params"]:
-                if not p.is_floating_point():
-                    raise ValueError(
-                        f"Invalid parameter of dtype {p.dtype} and shape {tuple(p.shape)} "
-                        "(Alice updates real floating-point parameters only)"
-                    )
+            _scalars.check_params(self.param_groups)
         except ValueError:
             self.param_groups.pop()
             raise
@@ -257,28 +142,14 @@ class Alice(Optimizer):
                         target.copy_(centre)  # (per tensor: the parameter may be on another device now)
         self._pending = None
         self._state.sync(self.param_groups)
-        self._publish_state()
+        self._state.publish(self.state, self.param_groups)
         if not self._warned_rounding:
             sigmas = [_scalars.as_float(g["lr"]) for g in self.param_groups]
             self._warned_rounding = warn_vanishing_perturbations(self._state, sigmas)
         if self._state.buckets:
-            device = self._state.buckets[0].device
-            if self._skipped is None or self._skipped.device != device:  # built, or moved with the model
-                skipped = 0 if self._skipped is None else int(self._skipped)
-                self._skipped = torch.full((), skipped, dtype=torch.int64, device=device)
-                self._skipped_seen = (torch.full((), skipped, dtype=torch.int64, pin_memory=True)
-                                      if device.type == "cuda" else None)
+            self._skips.follow(self._state.buckets[0].device)  # built, or moved with the model
         self._next_point()  # closure-free mode: a fresh step over the new buffers
         return True
-
-    def _publish_state(self) -> None:
-        """Point ``self.state`` at the per-parameter views (and the frozen parameters' records)."""
-        self.state.clear()
-        for p, entry in self._state.per_param():
-            self.state[p] = entry
-        params = {id(p): p for g in self.param_groups for p in g["params"]}
-        for pid, record in self._state.frozen.items():
-            self.state[params[pid]] = {k: v for k, v in record.items() if k not in ("cohort", "sampled")}
 
     def diagnostics(self, per_param: bool = False, names=None) -> dict[str, float]:
         """Statistics of the last step, as plain floats (the one host sync is here):
@@ -297,9 +168,7 @@ class Alice(Optimizer):
     def skipped_steps(self) -> int:
         """Steps skipped for a non-finite loss or gradient, or an overflow (reads the
         device: call it outside the training loop's hot path)."""
-        skipped = 0 if self._skipped is None else int(self._skipped)
-        self._warn_skips(skipped)
-        return skipped
+        return self._skips.read()
 
     @property
     def steps(self) -> int:
@@ -318,44 +187,14 @@ class Alice(Optimizer):
         """Whether step ``n`` (1-based, counted in calls) evaluates three gradients."""
         return _scalars.is_sampling_step(n, self.warmup_steps, self.quick_steps)
 
-    def _warn_skips(self, skipped: int | None = None) -> None:
-        """Warn once skipped steps are known on the host (read lazily: never waits)."""
-        if skipped is None:
-            if self._skipped is None:
-                return
-            seen = self._skipped_seen if self._skipped_seen is not None else self._skipped
-            skipped = int(seen)
-        if skipped > self._warned:
-            if self._warned == 0:
-                warnings.warn(
-                    f"Alice skipped {skipped} step(s): a loss or gradient was not finite, or the "
-                    "averages would overflow. Parameters and optimizer state were left unchanged; "
-                    "skipped steps are counted in optimizer.skipped_steps. This warning is shown once.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            self._warned = skipped
-
     # -- gradients ----------------------------------------------------------------
 
-    @torch.no_grad()
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients. Gradients of trainable parameters live in Alice's flat
         buffers and are zeroed there in place (``p.grad`` stays a tensor over the
         buffer, so backward keeps writing straight into it); others as torch does."""
         self._sync_state()
-        owned = set()
-        for b in self._state.buckets:
-            b.grads.zero_()
-            b.point_grads_at_buffers()  # and what was written there is now accounted for
-            owned.update(id(p) for p in b.params)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if id(p) not in owned and p.grad is not None:
-                    if set_to_none:
-                        p.grad = None
-                    else:
-                        p.grad.detach_().requires_grad_(False).zero_()
+        self._state.zero_grad(self.param_groups, set_to_none)
 
     # -- the step -------------------------------------------------------------------
 
@@ -364,103 +203,60 @@ class Alice(Optimizer):
         """Take one Alice step; ``closure`` re-evaluates the model and returns the loss
         (closure-free mode: take the gradient the loop computed, and move on)."""
         if self._in_step:
-            raise LoopError("Alice.step() was called from inside its own closure; the closure "
-                            "must only evaluate the model and call backward().")
+            raise errors.step_in_closure()
         if closure is not None and not callable(closure):
-            raise ClosureError(f"Alice.step() got closure={closure!r}, which is not callable.\n" + CLOSURE_HELP)
+            raise errors.not_callable(closure)
         if closure is None and not self.closure_free:
-            raise ClosureError(
-                "Alice.step() got no closure. Either pass one (exact Alice; with the HF Trainer, use "
-                "alice.integrations.hf.AliceTrainer, which passes it), or, for training loops that "
-                "call step() themselves (HF Trainer, timm, GradScaler, accumulation by the loop), build "
-                "the optimizer with Alice(..., closure_free=True), an approximation documented in the "
-                "README.\n" + CLOSURE_HELP
-            )
+            raise errors.no_closure()
         for i, group in enumerate(self.param_groups):  # schedulers and users may have changed them
             _scalars.check_group(group, self.quick_steps, where=f"param group {i}: ")
         self._sync_state()
-        self._warn_skips()
+        self._skips.warn()
         self._in_step = True
         try:
             if self.closure_free:
                 return self._take_one_gradient(closure)
             refuse_framework_loops(closure, first=not self._closure_checked)
             self._closure_checked = True
-            self._refuse_outside_gradients()
+            if self._state.foreign_gradients():
+                raise errors.gradients_before_step()
             return self._take_every_gradient(closure)
         finally:
             self._in_step = False
-
-    def _refuse_outside_gradients(self) -> None:
-        if any(b.foreign_gradients() for b in self._state.buckets):
-            raise LoopError(
-                "Gradients were computed before Alice.step(closure) (backward ran outside the "
-                "closure, e.g. to accumulate micro-batches); Alice would discard them, since it "
-                "evaluates the closure itself at perturbed points. Accumulate inside the closure "
-                "(loop over the micro-batches there, calling backward on each), or call "
-                "optimizer.zero_grad() before step() if those gradients are not needed."
-            )
 
     def _begin(self) -> PendingStep:
         return PendingStep(self._state, self.param_groups, calls=self._calls, seed=self.seed,
                            warmup_steps=self.warmup_steps, quick_steps=self.quick_steps)
 
     def _take_every_gradient(self, closure: Callable[[], Any]) -> Any:
-        """Closure mode: run the closure at every point of one step, then update."""
         if not self._state.buckets:
             return run_closure(closure)
         step = self._pending = self._begin()
-        replay = Replay(self.model) if step.sampling or self.model is not None else None
         try:
-            while True:
-                step.point()
-                loss = run_closure(closure)
-                if step.take(loss):
-                    break
-                replay.rewind()  # the same dropout masks, the same buffers, next time
-            active = step.active()
-        except BaseException:
-            step.cancel()
-            if replay is not None:
-                replay.rewind()  # the RNG streams too: the next step sees what this one saw
-            raise
+            loss, ok = take_every_gradient(step, closure, self.model)
         finally:
             self._pending = None
-        step.points.release_untouched()
-        self._count(step, step.finish(active, replay, keep_buffers=self.model is not None))
+        self._count(step, ok)
         return loss
 
     def _take_one_gradient(self, closure: Callable[[], Any] | None) -> Any:
-        """Closure-free mode: take the gradient the loop computed at the current point, then
-        move the parameters to the next point (a sampling step spans three calls)."""
         if not self._training:
-            raise LoopError("Alice is in eval mode (the parameters hold mu): call optimizer.train() "
-                            "before training steps, optimizer.eval() before evaluating or saving.")
-        step = self._pending
+            raise errors.eval_mode()
         loss = None if closure is None else run_closure(closure)
-        if step is None:  # nothing trainable
+        if self._pending is None:  # nothing trainable
             return loss
-        if not step.take(loss):
-            step.point()
-            return loss
-        try:
-            active = step.active()
-        except ClosureError:
-            step.retake(loss)
-            raise
-        self._count(step, step.finish(active, None, keep_buffers=False))
-        self._pending = None
-        self._next_point()
+        ok, finished = take_one_gradient(self._pending, loss)
+        if finished:
+            self._count(self._pending, ok)
+            self._pending = None
+            self._next_point()
         return loss
 
     def _count(self, step: PendingStep, ok: Tensor | None) -> None:
-        """Count a finished step (``ok``: taken or skipped, on the device)."""
-        if ok is None:  # no group advanced: nothing counts
-            return
-        self._skipped.add_(~ok.to(self._skipped.device, non_blocking=True))
-        if self._skipped_seen is not None:
-            self._skipped_seen.copy_(self._skipped, non_blocking=True)
-        self._calls = step.call
+        """Count a finished step (``ok``: taken or skipped, on the device; None: no group advanced)."""
+        if ok is not None:
+            self._skips.add(ok)
+            self._calls = step.call
 
     # -- closure-free mode: where the parameters are between steps --------------------
 
@@ -541,12 +337,91 @@ class Alice(Optimizer):
         self.warmup_steps = _scalars.warmup_steps(self.param_groups[0]["betas"][0])
         self._sync_state()
         _checkpoint.load(self._state, loaded)
-        self._publish_state()
-        for counter in (self._skipped, self._skipped_seen):
-            if counter is not None:
-                counter.fill_(loaded.skipped)
-        self._warned = loaded.skipped
+        self._state.publish(self.state, self.param_groups)
+        self._skips.set(loaded.skipped)
         if self.closure_free and self._state.buckets:  # the saved step in progress goes on
             self._pending = self._begin()
             self._pending.resume(loaded.phase, loaded.sigmas, loaded.records)
             self._next_point()
+
+
+# As torch.optim.Adam does: the docstring (the algorithm and the arguments) is set after the class.
+Alice.__doc__ = r"""Alice: steps that minimise a model of the *expected* loss around the iterate.
+
+Implements "Curvature in the Looking-Glass: Optimal Methods to Exploit Curvature of
+Expectation in the Loss Landscape" (Duersch, Catanach, Safonov, Wendt; arXiv
+2411.16914), exactly as in the contract ``docs/alice-update.md``. Near ReLU-like
+kinks the gradient jumps between nearby points (the "gradient glass"); its density
+:math:`\rho` is a curvature of the expected loss that the Hessian misses. Alice
+estimates :math:`\rho` and a Hessian magnitude :math:`H` from gradients at Rademacher
+perturbations of length :math:`\sigma = \text{lr}`, and takes the step that minimises
+the expected-loss model, bounded Adam-style, from a Nesterov-like look-ahead.
+
+.. math::
+    \begin{aligned}
+    &\textbf{state: } \mu \text{ (the parameter)},\ \nu = \mu,\ G = V = H = R = 0;\quad
+        b_i = \min(\beta_i, (n-1)/n),\ \beta_3 = 1 - (q+1)(1-\beta_2) \\
+    &\textbf{sampling step } (n \le 1/(1-\beta_1) \text{ or } (q+1) \mid n):
+        g_\pm = \nabla L(\nu \pm \sigma z),\ z \sim \{\pm1\}^d;\
+        H \leftarrow \text{avg}_{b_3}(|g_+ - g_-| / 2\sigma + w_2),\
+        R \leftarrow \text{avg}_{b_3}(2 (\tfrac{g_+ + g_-}{2} - g_0)^2 / \sigma) \\
+    &\textbf{every step: } g_0 = \nabla L(\nu);\ V \leftarrow \text{avg}_{b_2}(g_0^2),\
+        G \leftarrow \text{avg}_{b_1}(g_0 + w_1 \operatorname{sign}(\nu) + w_2 \nu) \\
+    &\textbf{move (after warm-up): } t = \operatorname{argmin} m(t) \text{ of } (G, H, R),\
+        \text{clipped to } [\tau_1, \tau_2] \cdot \text{unit};\
+        s = -\operatorname{sign}(G)\, t,\ \nu \leftarrow \mu + \omega s,\ \mu \leftarrow \mu + \phi s
+    \end{aligned}
+
+with :math:`\text{avg}_b(x)`: :math:`A \leftarrow x + b (A - x)`; :math:`m(t)` is the
+spec's expected-loss model ("The move"), whose Hessian term is 0, :math:`H` or
+:math:`\sqrt H` (``hess_comp``); the unit is 1, :math:`|G|` or
+:math:`|G|/(\sqrt V + \epsilon)` (``limit_method``).
+
+Args:
+    params: parameters or param groups; every hyperparameter below but ``quick_steps``,
+        ``seed``, ``model`` and ``closure_free`` may be set per group.
+    lr: perturbation length :math:`\sigma` and unit of the step bounds (default 1e-3).
+        May be 0 (a warm-up): the step evaluates once at :math:`\nu` and changes nothing.
+    betas: :math:`(\beta_1, \beta_2)` (default (0.9, 0.999)); the constructor's
+        :math:`\beta_1` sets the warm-up: ``floor(1/(1 - beta1))`` steps that sample, not move.
+    eps: guard in denominators (default 1e-8).
+    w1, w2: L1 and L2 weights (default 0), coupled: they enter the averaged gradient.
+    weight_decay: decoupled, as AdamW's (default 0): a move first shrinks the centre by
+        ``lr * weight_decay * mu`` (see :func:`alice.param_groups_for_weight_decay`).
+    phi, omega: fractions of the step taken by :math:`\mu` (default ``1 - beta1``) and
+        by the look-ahead :math:`\nu` (default 1).
+    limit_method: ``"fixed"``, ``"sgdm"`` or ``"adam"`` (default): the bounds' unit.
+    lr_min, lr_max: the bounds in that unit (defaults 0 and twice the group's first lr).
+    scale_bounds_with_lr: bounds follow later lr changes by the same factor (default True).
+    hess_comp: Hessian term ``"zero"``, ``"abs"`` (default) or ``"rms"``.
+    grad_glass: include the glass term (default True).
+    quick_steps: one-gradient steps between two sampling steps (default 3).
+    seed: seed of the counter-based signs (default: drawn from torch's global RNG).
+        Distributed, every rank uses rank 0's (``docs/distributed.md``).
+    model: a module whose buffers (BatchNorm statistics) change as in one ordinary
+        step, from the evaluation at :math:`\nu` (without it, each evaluation updates them).
+    closure_free: ``step()`` without a closure, one gradient per call, for loops that
+        call it themselves (an approximation; see :meth:`train` and the README).
+    foreach: ``False`` runs the per-parameter loop (the readable ground truth).
+    fused: compile each phase into one kernel (default: for buffers of at least 2**20
+        elements where compiling works; ``alice.kernels.set_compile_enabled``).
+
+``step(closure)`` calls the closure (which evaluates the model, calls ``backward()``
+and returns the loss) three times on a sampling step, once on a quick step, with the
+parameters at each evaluation point and the RNG streams rewound in between, and
+returns the loss at :math:`\nu`. A step whose losses or gradients are not finite
+changes nothing; the decision stays on the device and is counted in :attr:`skipped_steps`.
+
+Example:
+    >>> opt = Alice(model.parameters(), lr=1e-3)
+    >>> def closure():
+    ...     opt.zero_grad()
+    ...     loss = loss_fn(model(x), y)
+    ...     loss.backward()
+    ...     return loss
+    >>> loss = opt.step(closure)
+
+.. warning::
+    The authors' code (``sandialabs/alice``) warms up for 9 rather than 10 steps at
+    ``beta1 = 0.9`` and rounds the glass constant; Alice follows the paper's values.
+"""

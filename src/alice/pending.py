@@ -21,6 +21,7 @@ predicated on one device flag (the losses and every gradient sample finite).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -32,10 +33,10 @@ from . import distributed as _dist
 from ._rademacher import tensor_key
 from .errors import CLOSURE_HELP, ClosureError
 from .functional import alice_, samples_ok
-from .points import Points, Replay, losses_finite
+from .points import Points, Replay, losses_finite, run_closure
 from .state import AliceState
 
-__all__ = ["DIRECTIONS", "PHASES", "PendingStep"]
+__all__ = ["DIRECTIONS", "PHASES", "PendingStep", "take_every_gradient", "take_one_gradient"]
 
 DIRECTIONS = {"plus": 1.0, "minus": -1.0, "center": 0.0}
 """Where each phase takes its gradient: ``nu + direction * sigma z``."""
@@ -231,3 +232,45 @@ class PendingStep:
                         b.ensure_sampling_buffers()
                         (b.plus if key == "grad_plus" else b.minus)[a:z].copy_(record[key].reshape(-1))
         self.to_centre()
+
+
+# -- the two modes: one phase per call of step(), or all of them ------------------------
+
+
+def take_every_gradient(step: PendingStep, closure: Callable[[], Any], model: torch.nn.Module | None):
+    """Closure mode: run ``closure`` at every point of ``step``, then update. Returns the
+    loss at ``nu`` and the step's decision (see :meth:`PendingStep.finish`). If anything
+    fails, the parameters, the RNG streams, the model's buffers and the gradient
+    bookkeeping are left as the step found them."""
+    replay = Replay(model) if step.sampling or model is not None else None
+    try:
+        while True:
+            step.point()
+            loss = run_closure(closure)
+            if step.take(loss):
+                break
+            replay.rewind()  # the same dropout masks, the same buffers, next time
+        active = step.active()
+    except BaseException:
+        step.cancel()
+        if replay is not None:
+            replay.rewind()  # the RNG streams too: the next step sees what this one saw
+        raise
+    step.points.release_untouched()
+    return loss, step.finish(active, replay, keep_buffers=model is not None)
+
+
+def take_one_gradient(step: PendingStep, loss: Any):
+    """Closure-free mode: the loop computed the gradient at ``step``'s current point (and
+    ``loss``, or None); take it and put the parameters at the next point, or update if it
+    was the last. Returns the step's decision once it is finished, else ``None``, and
+    whether it finished."""
+    if not step.take(loss):
+        step.point()
+        return None, False
+    try:
+        active = step.active()
+    except ClosureError:
+        step.retake(loss)
+        raise
+    return step.finish(active, None, keep_buffers=False), True

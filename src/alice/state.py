@@ -32,13 +32,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import warnings
+
 import torch
 from torch import Tensor
 
 from . import distributed as _dist
 from ._math import AVERAGES, STATE_KEYS, Elements, Gradients, state_dtype
 
-__all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS"]
+__all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "Skips"]
 
 
 def _over(flat: Tensor, start: int, like: Tensor) -> Tensor:
@@ -315,3 +317,89 @@ class AliceState:
                 entry = {"step": bucket.counts[k]}
                 entry.update((key, _dist.like_param(views[key][k], p)) for key in views)
                 yield p, entry
+
+    def publish(self, state: dict, param_groups: list[dict]) -> None:
+        """Point an optimizer's ``state`` at the per-parameter views (and the frozen
+        parameters' records)."""
+        state.clear()
+        for p, entry in self.per_param():
+            state[p] = entry
+        params = {id(p): p for g in param_groups for p in g["params"]}
+        for pid, record in self.frozen.items():
+            state[params[pid]] = {k: v for k, v in record.items() if k not in ("cohort", "sampled")}
+
+    @torch.no_grad()
+    def zero_grad(self, param_groups: list[dict], set_to_none: bool) -> None:
+        """Zero the gradients: trainable parameters' in the flat buffers, in place (``p.grad``
+        stays a tensor over the buffer), the others as torch does."""
+        owned = set()
+        for b in self.buckets:
+            b.grads.zero_()
+            b.point_grads_at_buffers()  # and what was written there is now accounted for
+            owned.update(id(p) for p in b.params)
+        for group in param_groups:
+            for p in group["params"]:
+                if id(p) not in owned and p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.detach_().requires_grad_(False).zero_()
+
+    def foreign_gradients(self) -> bool:
+        """Whether backward wrote a trainable parameter's gradient since Alice last looked."""
+        return any(b.foreign_gradients() for b in self.buckets)
+
+
+class Skips:
+    """The count of skipped steps: on the device (a step's decision is added without a
+    host sync), with a pinned host copy on CUDA refreshed without waiting, and a
+    warning once skips are known on the host."""
+
+    def __init__(self) -> None:
+        self.count: Tensor | None = None  # on the first bucket's device
+        self.seen: Tensor | None = None  # the host copy
+        self.warned = 0
+
+    def follow(self, device: torch.device) -> None:
+        """Keep the count on ``device`` (where the buckets are, after a build or a move)."""
+        if self.count is None or self.count.device != device:
+            skipped = 0 if self.count is None else int(self.count)
+            self.count = torch.full((), skipped, dtype=torch.int64, device=device)
+            self.seen = (torch.full((), skipped, dtype=torch.int64, pin_memory=True)
+                         if device.type == "cuda" else None)
+
+    def add(self, ok: Tensor) -> None:
+        """Count a step whose decision (taken or not) is ``ok``."""
+        self.count.add_(~ok.to(self.count.device, non_blocking=True))
+        if self.seen is not None:
+            self.seen.copy_(self.count, non_blocking=True)
+
+    def set(self, skipped: int) -> None:
+        for counter in (self.count, self.seen):
+            if counter is not None:
+                counter.fill_(skipped)
+        self.warned = skipped
+
+    def read(self) -> int:
+        """The count (waits for the device)."""
+        skipped = 0 if self.count is None else int(self.count)
+        self.warn(skipped)
+        return skipped
+
+    def warn(self, skipped: int | None = None) -> None:
+        """Warn once skipped steps are known on the host (without ``skipped``, from the host
+        copy: never waits)."""
+        if skipped is None:
+            if self.count is None:
+                return
+            skipped = int(self.seen if self.seen is not None else self.count)
+        if skipped > self.warned:
+            if self.warned == 0:
+                warnings.warn(
+                    f"Alice skipped {skipped} step(s): a loss or gradient was not finite, or the "
+                    "averages would overflow. Parameters and optimizer state were left unchanged; "
+                    "skipped steps are counted in optimizer.skipped_steps. This warning is shown once.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            self.warned = skipped

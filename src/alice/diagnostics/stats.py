@@ -1,4 +1,4 @@
-r"""Live statistics of an Alice optimizer, read from its state.
+"""Live statistics of an Alice optimizer, read from its state.
 
 Nothing is recorded during training: after ``step()`` returns, the averages
 ``G, V, H, R`` in ``opt.state[p]`` are exactly those the last move used, and the
@@ -9,17 +9,11 @@ parameter's state, reduced on its device) and brings every number to the host
 in one transfer at the end. Calling it is the only place that waits for the
 device; not calling it costs nothing.
 
-Per element, with the step's own settings (``docs/alice-update.md``):
-
-.. math::
-
-    g = |G|, \quad h = 0,\ H \text{ or } \sqrt H \ (\texttt{hess\_comp}), \quad
-    \rho = R \text{ if grad\_glass else } 0, \\
-    t = \texttt{optimal\_step}(g, \rho, h, \epsilon) = g / h_{opt}, \quad
-    h_{opt} = \alpha + h + \sqrt{\alpha(\alpha + 2h)} + \epsilon, \quad
-    \alpha = \tfrac{3}{4\pi}\,\rho / (g + \epsilon), \\
-    [\ell, u] = [\tau_1, \tau_2] \cdot \texttt{step\_scale}(g, V),
-    \quad t_b = \texttt{bound}(t, \ell, u).
+Per element, with the step's own settings: ``t, [lower, upper] =
+_math.step_length(G, V, H, R, ...)`` (the expected-loss model's minimiser and its
+bounds, ``docs/alice-update.md``, "The move"), ``t_b = _math.bound(t, lower, upper)``,
+and ``h = _math.curvature(H, hess_comp)``, so that ``hopt = |G| / t`` and the glass
+share of it is ``1 - (h + eps) / hopt``.
 
 See :data:`KEYS` for what each returned key means.
 """
