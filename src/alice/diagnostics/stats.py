@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from .. import _math, kernels
-from .._math import AVERAGES
 from .._scalars import sampling_calls, step_scalars
 from ..functional import CPU_SLICE, use_fused
 
@@ -65,6 +64,8 @@ PER_PARAM_KEYS = ("rho_mean", "h_mean", "g_abs_mean", "g_zero_fraction",
 
 # Positions in each tensor's row of sums (one row per tensor; the host sees them once).
 _NUMEL, _RHO, _H, _G, _MOVING, _GLASS, _LOW, _HIGH, _RATIO, _WGLASS, _WEIGHT = range(11)
+_READ = ("G", "V", "H", "R")
+"""The state the statistics read, in :func:`_quantities`' order."""
 _GPU_SLICE = 1 << 22
 """Elsewhere in slices of this many: few launches, and float32 counts within a slice stay exact."""
 
@@ -142,7 +143,7 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
         starts.append(starts[-1] + n)
     total = starts[-1]
     first = views[0]
-    flat = {k: first[k].as_strided((total,), (1,), first[k].storage_offset()) for k in AVERAGES}
+    flat = {k: first[k].as_strided((total,), (1,), first[k].storage_offset()) for k in _READ}
     device = first["G"].device
     rows = len(views) if per_param else 1
     acc = torch.zeros(rows, 11, dtype=torch.float64, device=device)  # column _NUMEL is filled on the host
@@ -152,13 +153,13 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
         options.update(tau1=torch.tensor(sc.tau1, dtype=torch.float64), tau2=torch.tensor(sc.tau2, dtype=torch.float64))
         pieces = list(zip(starts, starts[1:])) if per_param else [(0, total)]
         zero = torch.zeros(10, dtype=torch.float64, device=device)
-        acc[:, 1:] = torch.stack([kernels.run(_sums, tuple(flat[k][a:b] for k in AVERAGES), options) if b > a
+        acc[:, 1:] = torch.stack([kernels.run(_sums, tuple(flat[k][a:b] for k in _READ), options) if b > a
                                   else zero for a, b in pieces])
         return acc
     step = CPU_SLICE if device.type == "cpu" else _GPU_SLICE
     for a in range(0, total, step):
         b = min(a + step, total)
-        quantities = _quantities(*(flat[k][a:b] for k in AVERAGES), **options)
+        quantities = _quantities(*(flat[k][a:b] for k in _READ), **options)
         if per_param:
             inside = [i for i in range(len(views)) if starts[i] < b and starts[i + 1] > a or (
                 lengths[i] == 0 and a <= starts[i] < b)]
@@ -172,7 +173,7 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
 
 def _adjacent(prev: dict[str, Tensor], nxt: dict[str, Tensor]) -> bool:
     """Whether ``nxt``'s state continues ``prev``'s in the same flat buffers."""
-    for k in AVERAGES:
+    for k in _READ:
         a, b = prev[k], nxt[k]
         if (a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.dtype != b.dtype
                 or not (a.is_contiguous() and b.is_contiguous())

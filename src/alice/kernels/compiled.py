@@ -84,9 +84,12 @@ def _scalar(value, dtype=torch.float64):
     return torch.tensor(value, dtype=dtype)
 
 
-def _update(mu, offset, G, V, H, R, g0, gp, gm, out, **kwargs):
-    # the typed operands rebuilt inside the graph: the compiled function takes plain tensors
-    return _math.update_(_math.Elements(mu, offset, G, V, H, R), _math.Gradients(g0, gp, gm), out, **kwargs)
+def _update(*tensors, **kwargs):
+    # the typed operands rebuilt inside the graph (the compiled function takes plain tensors):
+    # the fields of Elements, then those of Gradients, then out
+    n = len(_math.Elements._fields)
+    state, grads = _math.Elements(*tensors[:n]), _math.Gradients(*tensors[n:-1])
+    return _math.update_(state, grads, tensors[-1], **kwargs)
 
 
 def update_(state, grads, out, kwargs):
@@ -119,8 +122,8 @@ def point_(out, mu, offset, scale, key, base) -> None:
     run(_point, (out, mu, offset, _scalar(scale), key, _scalar(base, index_dtype)), {})
 
 
-def _samples_finite(g0, gp, gm, **kwargs):
-    return _math.samples_finite(_math.Gradients(g0, gp, gm), **kwargs)
+def _samples_finite(*grads, **kwargs):
+    return _math.samples_finite(_math.Gradients(*grads), **kwargs)
 
 
 def samples_finite(grads, kwargs):
