@@ -132,23 +132,38 @@ class Bucket:
         only where ``p.grad`` is None: a gradient already there is the user's). A
         sharded parameter's gradient is set to None instead (with ``clear``), so that
         FSDP2 does not accumulate onto it; either way what is there now is seen."""
+        if self.sharded:
+            for p, g in zip(self.params, self.grad_tensors):
+                if _dist.is_dtensor(p):  # a DTensor's gradient is FSDP's: copied in
+                    if force and clear:
+                        p.grad = None
+                elif p.grad is not g and (force or p.grad is None):
+                    p.grad = g
+            self.grad_marks = [None if p.grad is None else (p.grad, _dist.local_tensor(p.grad)._version)
+                               for p in self.params]
+            return
+        # (the hot path, once per evaluation: per-tensor Python kept to attribute reads)
         for p, g in zip(self.params, self.grad_tensors):
-            if self.sharded and _dist.is_dtensor(p):  # a DTensor's gradient is FSDP's: copied in
-                if force and clear:
-                    p.grad = None
-            elif p.grad is not g and (force or p.grad is None):
+            if p.grad is not g and (force or p.grad is None):
                 p.grad = g
-        self.grad_marks = [_grad_mark(p.grad, self.sharded) for p in self.params]
+        self.grad_marks = [(g, g._version) for g in self.grad_tensors] if force else [
+            None if p.grad is None else (p.grad, p.grad._version) for p in self.params]
 
     def note_written(self) -> None:
         """Remember the parameters as Alice left them (to see edits at the next step)."""
-        self.written = [_dist.write_mark(p) for p in self.params]
+        if self.sharded:
+            self.written = [_dist.write_mark(p) for p in self.params]
+        else:
+            self.written = [(p._version, p.data_ptr()) for p in self.params]
 
     def edited(self) -> list[int]:
         """Indices of the parameters changed since :meth:`note_written` (all at first)."""
         if not self.written:
             return list(range(len(self.params)))
-        return [k for k, (p, mark) in enumerate(zip(self.params, self.written)) if _dist.write_mark(p) != mark]
+        if self.sharded:
+            return [k for k, (p, mark) in enumerate(zip(self.params, self.written)) if _dist.write_mark(p) != mark]
+        return [k for k, (p, (version, ptr)) in enumerate(zip(self.params, self.written))
+                if p._version != version or p.data_ptr() != ptr]
 
     def foreign_gradients(self) -> list[Tensor]:
         """Parameters whose gradient was written since Alice last looked: backward ran
@@ -159,14 +174,9 @@ class Bucket:
         """Whether ``grad`` (a ``p.grad``) was set or written since its ``mark`` was taken."""
         if grad is None:
             return False
-        return mark is None or grad is not mark[0] or _grad_mark(grad, self.sharded)[1] != mark[1]
-
-
-def _grad_mark(grad: Tensor | None, sharded: bool) -> tuple | None:
-    """A gradient and the version of its (local) data, to see later writes."""
-    if grad is None:
-        return None
-    return grad, (_dist.local_tensor(grad) if sharded else grad)._version
+        if mark is None or grad is not mark[0]:
+            return True
+        return (_dist.local_tensor(grad) if self.sharded else grad)._version != mark[1]
 
 
 def _point_runs(starts: list[int], global_starts: list[int]) -> list[tuple[int, int, int]]:
