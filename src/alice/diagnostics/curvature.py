@@ -145,8 +145,9 @@ class CurvatureReport:
             gf = f"{row['glass_fraction']:.2f} [{row['glass_fraction_low']:.2f}, {row['glass_fraction_high']:.2f}]"
             lines.append(f"{name[:24]:<24}{row['numel']:>9}{row['h_mean']:>11.3g}{row['rho_mean']:>11.3g}"
                          f"{row['hess_term']:>11.3g}{row['glass_term']:>11.3g}  {gf:<20}{row['verdict']}")
-        fit = ", ".join(f"{m} err {self.fit[m]['error']:.3g} R2 {self.fit[m]['r2']:.2f}" for m in MODELS)
-        lines.append(f"fit at t={self.lengths}: {fit}")
+        if self.fit:
+            fit = ", ".join(f"{m} err {self.fit[m]['error']:.3g} R2 {self.fit[m]['r2']:.2f}" for m in MODELS)
+            lines.append(f"fit at t={self.lengths}: {fit}")
         lines.append(f"sigma {self.sigma:g}, {self.draws} draws, D = {self.overall['linear']:.4g}, "
                      f"flat margin {self.overall['margin']:.3g} (= {MARGIN} |D|); terms with 95% t-intervals")
         return "\n".join(lines)
@@ -188,6 +189,7 @@ def curvature(
     layers: str | None = "module",
     direction: list[Tensor] | None = None,
     generator: torch.Generator | None = None,
+    fit: bool = True,
 ) -> CurvatureReport:
     """Sample the Hessian and glass curvature of ``model``'s loss at its current parameters.
 
@@ -207,11 +209,14 @@ def curvature(
             the step to model; default ``-sigma * sign(g0)``.
         generator: a ``torch.Generator`` for the signs (default: a CPU generator seeded 0;
             the global RNG is never used).
+        fit: whether to measure the loss along the direction and fit the three models
+            (``False`` saves ``len(FIT_LENGTHS)`` loss evaluations; the report's
+            ``lengths``, ``measured``, ``predicted`` and ``fit`` are then empty).
 
     The model runs in ``eval()`` mode (deterministic gradients) and every module's
     mode is restored afterwards, as are the parameters (exactly) and their ``.grad``.
-    Cost: ``2 * draws + 1`` gradient evaluations and ``len(FIT_LENGTHS)`` loss
-    evaluations, each over all batches.
+    Cost: ``2 * draws + 1`` gradient evaluations and, with ``fit``, ``len(FIT_LENGTHS)``
+    loss evaluations, each over all batches.
     """
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module)")
@@ -224,6 +229,8 @@ def curvature(
         raise ValueError(f"Invalid draws: {draws!r} (must be an integer >= 2, for the intervals)")
     if layers not in ("module", None):
         raise ValueError(f"Invalid layers: {layers!r} (must be 'module' or None)")
+    if not isinstance(fit, bool):
+        raise ValueError(f"Invalid fit: {fit!r} (must be True or False)")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
     held = _as_batches(batches)
@@ -303,8 +310,9 @@ def curvature(
                                          (0.5 * h * x * x).sum(dtype=torch.float64),
                                          (c * torch.sqrt(rho) * ax * torch.sqrt(ax)).sum(dtype=torch.float64)]))
             per_draw.append(torch.stack(rows).cpu())
+        lengths = list(FIT_LENGTHS) if fit else []
         measured = []
-        for t in FIT_LENGTHS:
+        for t in lengths:
             set_params([b + t * x for b, x in zip(base, d)])
             measured.append(loss_only() - l0)
     finally:
@@ -324,13 +332,13 @@ def curvature(
     }
     D, th, tg = overall["linear"], overall["hess_term"], overall["glass_term"]
     predicted = {
-        "linear": [t * D for t in FIT_LENGTHS],
-        "hessian": [t * D + t * t * th for t in FIT_LENGTHS],
-        "glass": [t * D + t * t * th + t ** 1.5 * tg for t in FIT_LENGTHS],
-    }
-    fit = {m: _fit(measured, predicted[m], abs(D)) for m in MODELS}
-    return CurvatureReport(sigma=sigma, draws=draws, overall=overall, lengths=list(FIT_LENGTHS),
-                           measured=measured, predicted=predicted, fit=fit, layers=layer_rows)
+        "linear": [t * D for t in lengths],
+        "hessian": [t * D + t * t * th for t in lengths],
+        "glass": [t * D + t * t * th + t ** 1.5 * tg for t in lengths],
+    } if fit else {}
+    fits = {m: _fit(measured, predicted[m], abs(D)) for m in MODELS} if fit else {}
+    return CurvatureReport(sigma=sigma, draws=draws, overall=overall, lengths=lengths,
+                           measured=measured, predicted=predicted, fit=fits, layers=layer_rows)
 
 
 def _fit(measured: list[float], predicted: list[float], scale: float) -> dict[str, float]:
