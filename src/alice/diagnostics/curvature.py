@@ -159,6 +159,16 @@ def _plain(v):
     return v if isinstance(v, str) else (int(v) if isinstance(v, int) else float(v))
 
 
+def check_settings(draws, layers, fit) -> None:
+    """ValueError naming the first invalid one of :func:`curvature`'s ``draws``, ``layers``, ``fit``."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"Invalid draws: {draws!r} (must be an integer >= 2, for the intervals)")
+    if layers not in ("module", None):
+        raise ValueError(f"Invalid layers: {layers!r} (must be 'module' or None)")
+    if not isinstance(fit, bool):
+        raise ValueError(f"Invalid fit: {fit!r} (must be True or False)")
+
+
 def _as_batches(batches) -> list:
     """One batch (a tensor, tuple, mapping or non-iterable) or an iterable of batches (a list,
     a DataLoader, a generator), as a list."""
@@ -225,12 +235,7 @@ def curvature(
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"Invalid sigma: {sigma!r} (must be a positive finite number)")
     sigma = float(sigma)
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
-        raise ValueError(f"Invalid draws: {draws!r} (must be an integer >= 2, for the intervals)")
-    if layers not in ("module", None):
-        raise ValueError(f"Invalid layers: {layers!r} (must be 'module' or None)")
-    if not isinstance(fit, bool):
-        raise ValueError(f"Invalid fit: {fit!r} (must be True or False)")
+    check_settings(draws, layers, fit)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
     held = _as_batches(batches)
