@@ -99,7 +99,7 @@ class CurvatureMonitor:
             reading (the per-element step length for Adam-like optimizers; a reading is
             skipped while that lr is 0).
         optimizer: see ``sigma``.
-        batches: fixed batches to measure on (read once and kept), so that readings at
+        batches: a list of fixed batches to measure on (read once and kept), so that readings at
             different steps see the same data; else each reading uses the batch passed to
             :meth:`step` (the training batch: its sampling noise enters the readings).
         log: where each reading goes: a ``SummaryWriter`` (``add_scalar`` per number), a
@@ -178,9 +178,9 @@ class CurvatureMonitor:
         sigma = float(self.optimizer.param_groups[0]["lr"]) if self.sigma is None else float(self.sigma)
         if sigma == 0:
             return None
-        batches = self.batches if self.batches is not None else batch
-        if batches is None:
+        if self.batches is None and batch is None:
             raise ValueError("Invalid batch: None (pass the batch to step(), or give batches= to the monitor)")
+        batches = self.batches if self.batches is not None else [batch]  # one batch, even if it is a list
         direction, used = None, "sign"
         if self.direction == "update" and self._before is not None:
             direction, used = [p.detach() - b for p, b in zip(self._params(), self._before)], "update"
