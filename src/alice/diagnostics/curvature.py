@@ -10,7 +10,8 @@ the formulas of :mod:`alice._math` (one formula, one place):
     h = \texttt{hessian\_sample}(g_+, g_-, \sigma, 0, \text{"abs"}) = \Big|\frac{g_+ - g_-}{2\sigma}\Big|, \quad
     \rho = \texttt{glass\_sample}(g_+, g_-, g_0, \sigma),
 
-with :math:`z` Rademacher signs, one draw per ``draws``. Along a direction
+with :math:`z` Rademacher signs (counter-based, as Alice draws them:
+:mod:`alice._rademacher`), one draw per ``draws``. Along a direction
 :math:`d` (default :math:`-\sigma\,\mathrm{sign}(g_0)`, an Adam-sized step of
 length :math:`\sigma` per element) the expected-loss model predicts the change
 
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _math
+from .. import _math, _rademacher
 from .probe import GLASS_COEFFICIENT, MODELS
 
 __all__ = ["FIT_LENGTHS", "MARGIN", "CurvatureReport", "curvature"]
@@ -217,8 +218,8 @@ def curvature(
         layers: ``"module"`` (a row per module owning parameters) or ``None`` (overall only).
         direction: tensors, one per trainable parameter in ``model.parameters()`` order, of
             the step to model; default ``-sigma * sign(g0)``.
-        generator: a ``torch.Generator`` for the signs (default: a CPU generator seeded 0;
-            the global RNG is never used).
+        generator: a ``torch.Generator`` that gives the seed of the signs (one number per
+            call; default: a CPU generator seeded 0; the global RNG is never used).
         fit: whether to measure the loss along the direction and fit the three models
             (``False`` saves ``len(FIT_LENGTHS)`` loss evaluations; the report's
             ``lengths``, ``measured``, ``predicted`` and ``fit`` are then empty).
@@ -296,24 +297,31 @@ def curvature(
             d = [-sigma * torch.sign(g) for g in g0]
         else:
             d = [x.detach().to(device=b.device, dtype=b.dtype) for x, b in zip(direction, base)]
-        c = GLASS_COEFFICIENT
         linear = torch.stack([(g * x).sum(dtype=torch.float64) for g, x in zip(g0, d)]).tolist()
+        # per element, T_h = h * (d^2 / 2) and T_g = sqrt(rho) * (c |d|^1.5): the weights are fixed
+        half_d2 = [0.5 * x * x for x in d]
+        glass_d = [GLASS_COEFFICIENT * x.abs() * x.abs().sqrt() for x in d]
+        # counter-based signs as Alice draws them (one seed from the generator per call)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        offsets = [0]
+        for b in base:
+            offsets.append(offsets[-1] + b.numel())
         per_draw = []  # per draw, per tensor: (sum h, sum rho, T_h, T_g)
-        for _ in range(draws):
-            z = [(torch.randint(0, 2, b.shape, generator=generator, device=generator.device) * 2 - 1)
-                 .to(device=b.device, dtype=b.dtype) for b in base]
-            set_params([b + sigma * s for b, s in zip(base, z)])
+        for k in range(draws):
+            key = _rademacher.tensor_key(seed, k)
+            z = [_rademacher.rademacher(key, b.numel(), offset=o, dtype=b.dtype, device=b.device).view(b.shape)
+                 for b, o in zip(base, offsets)]
+            set_params([torch.add(b, s, alpha=sigma) for b, s in zip(base, z)])
             gp, _ = gradient()
-            set_params([b - sigma * s for b, s in zip(base, z)])
+            set_params([torch.add(b, s, alpha=-sigma) for b, s in zip(base, z)])
             gm, _ = gradient()
             rows = []
-            for a, b_, g, x in zip(gp, gm, g0, d):
+            for a, b_, g, w_h, w_g in zip(gp, gm, g0, half_d2, glass_d):
                 h = _math.hessian_sample(a, b_, sigma, 0.0, "abs")
                 rho = _math.glass_sample(a, b_, g, sigma)
-                ax = x.abs()
                 rows.append(torch.stack([h.sum(dtype=torch.float64), rho.sum(dtype=torch.float64),
-                                         (0.5 * h * x * x).sum(dtype=torch.float64),
-                                         (c * torch.sqrt(rho) * ax * torch.sqrt(ax)).sum(dtype=torch.float64)]))
+                                         (h * w_h).sum(dtype=torch.float64),
+                                         (rho.sqrt_() * w_g).sum(dtype=torch.float64)]))
             per_draw.append(torch.stack(rows).cpu())
         lengths = list(FIT_LENGTHS) if fit else []
         measured = []
