@@ -208,3 +208,26 @@ def test_bad_use():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     assert CurvatureMonitor(model, _loss, every=1, optimizer=opt).step(data[0]) is None  # lr 0: no sigma
     assert math.isfinite(CurvatureMonitor(model, _loss, every=1, sigma=0.01).step(data[0]).to_dict()["h_mean"])
+
+
+def _docs_block(section: str) -> str:
+    from pathlib import Path
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "diagnostics.md").read_text(encoding="utf-8")
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", body, re.S).group(1)
+
+
+def test_documented_instrument_and_monitor_run_as_written(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'alice-optimizer[test]')")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(_docs_block("## The curvature instrument:"), "docs/diagnostics.md", "exec"), scope)  # noqa: S102
+    assert scope["row"]["verdict"] in ("flat", "glass", "hessian", "unclear")
+    assert set(scope["row"]["layers"]) == {"0", "2"}
+    scope = {}
+    exec(compile(_docs_block("## The instrument over training:"), "docs/diagnostics.md", "exec"), scope)  # noqa: S102
+    assert [r["step"] for r in scope["monitor"].records] == [50, 100]
+    assert len((tmp_path / "runs" / "curvature.jsonl").read_text().splitlines()) == 2
+    assert any(p.name.startswith("events.out") for p in (tmp_path / "runs" / "curvature").iterdir())
