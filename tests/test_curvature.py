@@ -185,7 +185,8 @@ def test_separable_kinks_read_the_density_the_spec_estimator_gives():
     assert out["glass_term"] == pytest.approx(tg, rel=1e-12)
     # the samples do not depend on the signs: the interval has no width
     assert out["glass_fraction_low"] == pytest.approx(out["glass_fraction_high"])
-    assert out["glass_fraction"] == pytest.approx(GLASS_COEFFICIENT * math.sqrt(2) / (0.5 + GLASS_COEFFICIENT * math.sqrt(2)))
+    kink_glass = GLASS_COEFFICIENT * math.sqrt(2)
+    assert out["glass_fraction"] == pytest.approx(kink_glass / (0.5 + kink_glass))
     assert out["verdict"] == "glass"
 
 
@@ -253,7 +254,8 @@ def test_agrees_with_alice_diagnostics_and_probe_on_the_same_state():
 
     sigma = 0.1
     g = torch.Generator().manual_seed(3)
-    a, b = 0.5 + 1.5 * torch.rand(40, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)
+    a = 0.5 + 1.5 * torch.rand(40, generator=g, dtype=torch.float64)
+    b = torch.randn(40, generator=g, dtype=torch.float64)
     c = 0.5 + 3 * torch.rand(20, generator=g, dtype=torch.float64)
 
     class Model(torch.nn.Module):

@@ -8,14 +8,7 @@ import json
 import pytest
 import torch
 from torch import nn
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from _integrations_util import one_thread  # noqa: F401 (one intra-op thread for tiny models)
 
 
 def test_lightning_callback_reads_every_n_optimizer_steps_into_the_trainers_logger(tmp_path):
@@ -39,9 +32,9 @@ def test_lightning_callback_reads_every_n_optimizer_steps_into_the_trainers_logg
     g = torch.Generator().manual_seed(1)
     data = torch.utils.data.TensorDataset(torch.randn(128, 4, generator=g), torch.randint(0, 3, (128,), generator=g))
     callback = CurvatureCallback(lambda m, b: nn.functional.cross_entropy(m.net(b[0]), b[1]), every=4)
-    trainer = L.Trainer(max_steps=8, accelerator="cpu", logger=CSVLogger(tmp_path, name="run"), enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, accumulate_grad_batches=2,
-                        callbacks=[callback])
+    trainer = L.Trainer(max_steps=8, accelerator="cpu", logger=CSVLogger(tmp_path, name="run"),
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        accumulate_grad_batches=2, callbacks=[callback])
     trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=8))
     records = callback.monitor.records
     assert [r["step"] for r in records] == [4, 8]  # optimizer steps (two batches each), not batches

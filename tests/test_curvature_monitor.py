@@ -8,14 +8,7 @@ import pytest
 import torch
 
 from alice.diagnostics import COSTS, CurvatureMonitor, curvature, plot_curvature
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from _integrations_util import one_thread  # noqa: F401 (one intra-op thread for tiny models)
 
 
 def _loss(model, batch):
@@ -135,7 +128,8 @@ def test_logs_to_tensorboard_and_reads_back(tmp_path):
 
     model, opt, data = _setup()
     writer = SummaryWriter(str(tmp_path / "tb"))
-    monitor = CurvatureMonitor(model, _loss, every=2, cost="business", sigma=0.01, log=[writer, str(tmp_path / "c.jsonl")])
+    monitor = CurvatureMonitor(model, _loss, every=2, cost="business", sigma=0.01,
+                               log=[writer, str(tmp_path / "c.jsonl")])
     _train(model, opt, data, monitor, 4)
     writer.close()
     events = EventAccumulator(str(tmp_path / "tb"))

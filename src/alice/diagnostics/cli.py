@@ -292,6 +292,16 @@ def _plot_path(plot_path, name: str) -> Path:
     return path.with_name(f"{path.stem}-{name.split()[0]}{path.suffix or '.png'}")
 
 
+def _per_column(runs, heading: str, sentence, out) -> None:
+    """Each run's report table under ``[column] heading``, then one ``sentence`` per run."""
+    for name, run in runs:
+        out(f"[{name}] {heading}")
+        out(run["report"].table())
+        out("")
+    for name, run in runs:
+        out(sentence(name, run))
+
+
 def _write_json(json_path, payload) -> None:
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(payload, indent=1, allow_nan=True))
@@ -341,12 +351,8 @@ def _run_alice(task, acts, control, steps, lr, seed, draws, lengths, every, json
     out("")
     out(side_by_side(runs))
     out("")
-    for name, run in runs:
-        out(f"[{name}] probe per layer (errors in units of D, the linear decrease promised at length 1)")
-        out(run["report"].table())
-        out("")
-    for name, run in runs:
-        out(verdict(name, run))
+    _per_column(runs, "probe per layer (errors in units of D, the linear decrease promised at length 1)",
+                verdict, out)
     if json_path is not None:
         _write_json(json_path, [{"column": name, "task": r["task"], "act": r["act"], "lr": r["lr"],
                                  "steps": r["steps"], "val_loss": r["val_loss"], "val_acc": r["val_acc"],
@@ -395,16 +401,12 @@ def _run_instrument(task, acts, control, steps, lr, seed, draws, every, optimize
     out("glass fraction [95% interval] and verdict (f flat, g glass, h hessian, u unclear) over training")
     out(over_training(runs))
     out("")
-    for name, run in runs:
-        out(f"[{name}] the instrument after the last step")
-        out(run["report"].table())
-        out("")
-    for name, run in runs:
-        out(instrument_verdict(name, run))
+    _per_column(runs, "the instrument after the last step", instrument_verdict, out)
     if json_path is not None:
         _write_json(json_path, [{"column": name, "task": r["task"], "act": r["act"], "optimizer": choice.label,
                                  "lr": r["lr"], "sigma": sigma, "cost": cost, "steps": r["steps"],
-                                 "val_loss": r["val_loss"], "val_acc": r["val_acc"], "train_seconds": r["train_seconds"],
+                                 "val_loss": r["val_loss"], "val_acc": r["val_acc"],
+                                 "train_seconds": r["train_seconds"],
                                  "records": r["records"]} for name, r in runs])
     if plot_path is not None:
         from .plots import plot_curvature

@@ -28,6 +28,16 @@ def _matplotlib():
     return Figure
 
 
+def _finish(fig, path, title):
+    """Title ``fig``, save it to ``path`` (if given) and return it."""
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
 def _layers(history: Sequence[Mapping[str, float]], key: str) -> list[str]:
     names: list[str] = []
     for reading in history:
@@ -101,12 +111,7 @@ def plot(history: Sequence[Mapping[str, float]] | None = None, probe=None, *,
         table.auto_set_font_size(False)
         table.set_fontsize(8)
         ax.set_title("probe table (errors in units of D)", fontsize=10)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return _finish(fig, path, title)
 
 
 def _records(records) -> list[Mapping]:
@@ -169,9 +174,4 @@ def plot_curvature(records, *, path: str | Path | None = None, title: str | None
         ax.set_ylabel("RMS error / |D|")
         ax.set_title("fit of the three models along the direction (all parameters)", fontsize=10)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return _finish(fig, path, title)
