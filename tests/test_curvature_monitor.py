@@ -202,6 +202,8 @@ def test_bad_use():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     assert CurvatureMonitor(model, _loss, every=1, optimizer=opt).step(data[0]) is None  # lr 0: no sigma
     assert math.isfinite(CurvatureMonitor(model, _loss, every=1, sigma=0.01).step(data[0]).to_dict()["h_mean"])
+    called = CurvatureMonitor(model, _loss, every=2, sigma=0.01)  # monitor(batch) is monitor.step(batch)
+    assert called(data[0]) is None and called(data[0]) is not None and called.steps == 2
 
 
 def _docs_block(section: str) -> str:
