@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from alice import Alice, ClosureError
+from alice import Alice, ClosureError, LoopError
 
 
 def problem(seed=0):
@@ -63,7 +63,7 @@ def test_phases_train_eval_and_the_points_held():
     assert all(torch.allclose((a - m).abs(), torch.full_like(m, 1e-2)) for a, m in zip(plus, mu))
     opt.eval()
     assert opt.evaluation is None and all(torch.equal(p, m) for p, m in zip(model.parameters(), mu))
-    with pytest.raises(ClosureError, match="eval mode"):
+    with pytest.raises(LoopError, match="eval mode"):
         opt.step()
     opt.train()
     assert all(torch.equal(p, a) for p, a in zip(model.parameters(), plus))

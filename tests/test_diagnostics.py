@@ -18,7 +18,7 @@ import torch
 
 from alice import Alice
 from alice.diagnostics import KEYS, PER_PARAM_KEYS, diagnostics, param_names
-from alice.diagnostics.stats import sampling_calls
+from alice._scalars import sampling_calls
 
 D = 1000
 
@@ -279,7 +279,7 @@ def test_reading_changes_nothing_and_training_is_identical_with_or_without_it():
 
 @pytest.mark.parametrize("quick_steps,warmup", [(0, 1), (3, 10), (1, 100), (7, 3)])
 def test_sampling_calls_counts_what_the_schedule_says(quick_steps, warmup):
-    from alice.schedule import is_sampling_step
+    from alice._scalars import is_sampling_step
 
     for calls in range(0, 130):
         expected = sum(is_sampling_step(n, warmup, quick_steps) for n in range(1, calls + 1))

@@ -11,7 +11,7 @@ accelerate = pytest.importorskip("accelerate", reason="accelerate is an optional
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 
-from alice import Alice, ClosureError  # noqa: E402
+from alice import Alice, ClosureError, LoopError  # noqa: E402
 from alice.integrations.accelerate import alice_step, micro_batch_closure  # noqa: E402
 from _integrations_util import one_thread  # noqa: E402,F401
 
@@ -120,7 +120,7 @@ def fp16_accelerator(**kwargs):
 
 
 def test_fp16_loss_scaling_is_refused_in_closure_mode_with_the_fix():
-    with pytest.raises(ValueError, match="bf16.*closure_free=True"):
+    with pytest.raises(LoopError, match="bf16.*closure_free=True"):
         exact_run(fp16_accelerator())
 
 
@@ -145,14 +145,14 @@ def test_fp16_loss_scaling_closure_free_trains():
 
 def test_accelerate_accumulation():
     kwargs = dict(gradient_accumulation_steps=2, cpu=True)
-    with pytest.raises(ValueError, match="gradient_accumulation_steps=2.*micro_batch_closure"):
+    with pytest.raises(LoopError, match="gradient_accumulation_steps=2.*micro_batch_closure"):
         exact_run(Accelerator(**kwargs))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = Accelerator(**kwargs)  # closure mode inside accumulate(): refused by Alice itself
     model = make_model()
     model, opt, data = accelerator.prepare(model, Alice(model.parameters(), lr=1e-2, seed=0), loader())
-    with pytest.raises(ValueError, match="accumulate.*alice_step"):
+    with pytest.raises(LoopError, match="accumulate.*alice_step"):
         for batch in data:
             with accelerator.accumulate(model):
                 accelerator.backward(mse(model)(batch))

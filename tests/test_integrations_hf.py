@@ -11,7 +11,7 @@ pytest.importorskip("accelerate", reason="the Trainer needs accelerate (alice-op
 
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
 
-from alice import Alice, ClosureError  # noqa: E402
+from alice import Alice, ClosureError, LoopError  # noqa: E402
 from alice.integrations.hf import AliceTrainer, ClosureFreeCallback  # noqa: E402
 from _integrations_util import one_thread  # noqa: E402,F401
 
@@ -122,7 +122,7 @@ def test_fp16_loss_scaling_is_refused_with_the_fix(tmp_path):
     model = tiny_gpt2()
     trainer = AliceTrainer(model=model, args=args(tmp_path), train_dataset=Counting())
     trainer.accelerator.scaler = torch.amp.GradScaler("cpu")  # what fp16=True gives on a GPU
-    with pytest.raises(ValueError, match="bf16=True.*closure_free=True"):
+    with pytest.raises(LoopError, match="bf16=True.*closure_free=True"):
         trainer.train()
 
 

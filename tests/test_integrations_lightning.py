@@ -11,7 +11,7 @@ L = pytest.importorskip("lightning.pytorch", reason="lightning is in the test ex
 
 from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 
-from alice import Alice  # noqa: E402
+from alice import Alice, ClosureError, LoopError  # noqa: E402
 from alice.integrations import find_alice  # noqa: E402
 from alice.integrations.lightning import AliceCallback, at_center  # noqa: E402
 from _integrations_util import one_thread  # noqa: E402,F401
@@ -84,24 +84,24 @@ def test_a_warmup_from_lr_zero():
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-2)
 
 
-REFUSALS = [  # (Trainer kwargs, what AliceCallback says, what Alice says without the callback)
-    (dict(plugins=[fp16_scaler()]), "bf16-mixed.*closure_free=True", "closure_free=True"),
+REFUSALS = [  # (Trainer kwargs, what AliceCallback says, what Alice raises and says without the callback)
+    (dict(plugins=[fp16_scaler()]), "bf16-mixed.*closure_free=True", ClosureError, "closure_free=True"),
     (dict(accumulate_grad_batches=2), "accumulate_grad_batches=2.*closure_free=True",
-     "accumulate_grad_batches=2.*closure_free=True"),
-    (dict(gradient_clip_val=1.0), "AliceCallback\\(gradient_clip_val", "gradient_clip_val=1.0"),
+     LoopError, "accumulate_grad_batches=2.*closure_free=True"),
+    (dict(gradient_clip_val=1.0), "AliceCallback\\(gradient_clip_val", LoopError, "gradient_clip_val=1.0"),
 ]
 
 
-@pytest.mark.parametrize("kwargs, callback_says, alice_says", REFUSALS)
-def test_closure_mode_refusals_name_the_fix(kwargs, callback_says, alice_says):
-    with pytest.raises(ValueError, match=callback_says):
+@pytest.mark.parametrize("kwargs, callback_says, alice_error, alice_says", REFUSALS)
+def test_closure_mode_refusals_name_the_fix(kwargs, callback_says, alice_error, alice_says):
+    with pytest.raises(LoopError, match=callback_says):
         fit(Module(), callbacks=[AliceCallback()], **kwargs)
-    with pytest.raises(ValueError, match=alice_says):  # Alice refuses them by itself at the first step
+    with pytest.raises(alice_error, match=alice_says):  # Alice refuses them by itself at the first step
         fit(Module(), **kwargs)
 
 
 def test_alice_finds_the_trainer_behind_lightnings_closure():
-    with pytest.raises(ValueError, match="gradient_clip_val=1.0"):
+    with pytest.raises(LoopError, match="gradient_clip_val=1.0"):
         fit(Module(), gradient_clip_val=1.0)
     fit(Module(), max_steps=2, callbacks=[AliceCallback(gradient_clip_val=1.0)])
 
@@ -121,7 +121,7 @@ def test_consistent_clipping_by_the_callback():
     assert plus[1] == pytest.approx(1e-3, rel=1e-3)  # the first evaluation is clipped to max_norm ...
     assert minus[1] != pytest.approx(1e-3, rel=1e-6)  # ... and the others by the same factor
     assert callback.last_grad_norm > 1e-3
-    with pytest.raises(ValueError, match="set it to None"):
+    with pytest.raises(LoopError, match="set it to None"):
         fit(Module(), callbacks=[AliceCallback(gradient_clip_val=1.0)], gradient_clip_val=1.0)
 
 

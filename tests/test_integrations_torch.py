@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from alice import Alice, ClosureError
+from alice import Alice, ClosureError, LoopError
 from alice.integrations import ConsistentClip, at_center, find_alice
 from _integrations_util import one_thread  # noqa: E402,F401
 
@@ -53,7 +53,7 @@ def test_accumulation_before_closure_step_is_refused():
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
     x, y = data()
     loss_of(model, x[:32], y[:32]).backward()  # the usual torch accumulation, first micro-batch
-    with pytest.raises(ClosureError, match="inside the closure"):
+    with pytest.raises(LoopError, match="inside the closure"):
         opt.step(lambda: loss_of(model, x[32:], y[32:]).backward() or loss_of(model, x[32:], y[32:]))
 
 

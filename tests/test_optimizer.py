@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from alice import PRESETS, Alice, ClosureError
-from alice.schedule import effective_beta, step_scalars
+from alice._scalars import effective_beta, step_scalars
 
 # (kwargs, regex of the error message) -- every invalid value names the argument and value.
 INVALID = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from alice import Alice, ClosureError
+from alice import Alice, ClosureError, LoopError
 
 
 def problem(dtype=torch.float32, seed=0):
@@ -57,7 +57,7 @@ def test_gradients_computed_before_step_are_refused_not_discarded():
     opt.step(closure)
     before = [p.detach().clone() for p in model.parameters()]
     nn.functional.mse_loss(model(x), y).backward()  # a micro-batch accumulated by the loop
-    with pytest.raises(ClosureError, match="Accumulate inside the closure"):
+    with pytest.raises(LoopError, match="Accumulate inside the closure"):
         opt.step(closure)
     assert opt.calls == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     opt.zero_grad()  # the documented way out
@@ -96,7 +96,7 @@ def test_a_closure_that_calls_step_again_is_refused():
         return good()
 
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ClosureError, match="inside its own closure"):
+    with pytest.raises(LoopError, match="inside its own closure"):
         opt.step(reentrant)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 

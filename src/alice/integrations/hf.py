@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import LoopError
 from ..optimizer import Alice
 from ._common import ConsistentClip, _total_norm, find_alice
 
@@ -146,14 +147,14 @@ class AliceTrainer(Trainer):
             self._checked = True
             return
         if getattr(self.accelerator, "scaler", None) is not None:
-            raise ValueError(
+            raise LoopError(
                 "AliceTrainer cannot run exact Alice with fp16=True: the loss scaler unscales gradients only "
                 "in optimizer.step(), after Alice has used them. Use bf16=True (no loss scaling), or "
                 "Alice(..., closure_free=True) (with this Trainer or the plain one; an approximation, "
                 "see docs/integrations.md)."
             )
         if self.is_deepspeed_enabled:
-            raise ValueError("AliceTrainer does not support DeepSpeed (its engine takes the optimizer step); "
+            raise LoopError("AliceTrainer does not support DeepSpeed (its engine takes the optimizer step); "
                              "use DDP or FSDP through Accelerate.")
         if not hasattr(self.accelerator.gradient_state, "_set_sync_gradients"):
             raise RuntimeError("AliceTrainer relies on accelerate's GradientState._set_sync_gradients, "

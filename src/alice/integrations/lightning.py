@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._frameworks import check_lightning_trainer
+from ..errors import LoopError
 from ._common import ConsistentClip, find_alice
 from ._common import at_center as _at_center
 
@@ -61,7 +62,7 @@ def at_center(module_or_optimizer: Any) -> bool:
 
 
 def check_trainer(trainer: Any, clipping_handled: bool = False) -> None:
-    """Raise ``ValueError`` with the fix when ``trainer`` would run a closure-mode
+    """Raise :class:`alice.LoopError` with the fix when ``trainer`` would run a closure-mode
     Alice wrongly (16-mixed loss scaling, ``accumulate_grad_batches > 1``, Lightning's
     own gradient clipping). ``clipping_handled``: an :class:`AliceCallback` clips.
     ``Alice.step`` runs the same check on a Lightning closure's Trainer at its first step."""
@@ -101,7 +102,7 @@ class AliceCallback(_Callback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.clip is not None and trainer.gradient_clip_val:
-            raise ValueError(
+            raise LoopError(
                 "AliceCallback(gradient_clip_val=...) clips already; the Trainer's gradient_clip_val="
                 f"{trainer.gradient_clip_val!r} would clip again, per evaluation: set it to None."
             )
