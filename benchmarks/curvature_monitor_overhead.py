@@ -10,7 +10,7 @@ components (one reading over ``every`` steps, the figure to quote) and end to en
 with the monitor against one without; on a shared machine its noise can exceed the effect).
 
     python benchmarks/curvature_monitor_overhead.py [--model mlp|cnn] [--batch 128] [--every 100]
-        [--steps 200] [--repeats 5] [--optimizer adamw] [--threads N] [--json PATH]
+        [--steps 200] [--repeats 5] [--optimizer adamw] [--device cpu|cuda] [--threads N] [--json PATH]
 
 Data are random tensors of MNIST's shape (the cost does not depend on their values).
 """
@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from alice.diagnostics import COSTS, CurvatureMonitor
-from common import parse_optimizer, write_log
+from common import parse_optimizer, synchronize, write_log
 
 
-def model_and_batch(name: str, batch: int, seed: int = 0):
+def model_and_batch(name: str, batch: int, device: str = "cpu", seed: int = 0):
     torch.manual_seed(seed)
     if name == "mlp":
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
@@ -41,7 +41,8 @@ def model_and_batch(name: str, batch: int, seed: int = 0):
     else:
         raise SystemExit(f"--model {name!r}: expected mlp or cnn")
     g = torch.Generator().manual_seed(seed + 1)
-    return model, (torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g))
+    data = (torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g))
+    return model.to(device), tuple(t.to(device) for t in data)
 
 
 def loss_fn(model, batch):
@@ -50,6 +51,8 @@ def loss_fn(model, batch):
 
 def train(model, opt, batch, steps: int, monitor=None) -> float:
     """Seconds per training step over ``steps`` steps, with the monitor after each (or none)."""
+    device = batch[0].device
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad()
@@ -57,13 +60,15 @@ def train(model, opt, batch, steps: int, monitor=None) -> float:
         opt.step()
         if monitor is not None:
             monitor.step(batch)
+    synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
 def one_reading(monitor, batch, calls: int = 3) -> float:
+    synchronize(batch[0].device)
     start = time.perf_counter()
     for _ in range(calls):
-        monitor.measure(batch)
+        monitor.measure(batch)  # (a reading ends with its numbers on the host: it has synchronised)
     return (time.perf_counter() - start) / calls
 
 
@@ -76,13 +81,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--optimizer", default="adamw,lr=1e-3")
     parser.add_argument("--sigma", type=float, default=1e-3, help="the instrument's sigma")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="append the results as one JSON line")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = parse_optimizer(args.optimizer)
-    model, batch = model_and_batch(args.model, args.batch)
+    model, batch = model_and_batch(args.model, args.batch, args.device)
     opt = spec.make(model.parameters())
     monitors = {cost: CurvatureMonitor(model, loss_fn, every=args.every, cost=cost, sigma=args.sigma)
                 for cost in COSTS}
@@ -98,9 +104,10 @@ def main(argv=None):
             runs[name].append(train(model, opt, batch, args.steps, monitors.get(name)))
     step = statistics.median(steps)
     params = sum(p.numel() for p in model.parameters())
-    header = (f"{args.model} ({params:,} parameters), batch {args.batch}, {spec.text}; CPU "
-              f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads; {args.repeats} repeats, interleaved")
+    where = (torch.cuda.get_device_name() if torch.device(args.device).type == "cuda"
+             else f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads")
+    header = (f"{args.model} ({params:,} parameters), batch {args.batch}, {spec.text}; {where}, "
+              f"torch {torch.__version__}; {args.repeats} repeats, interleaved")
     print(header)
     print(f"one training step: {step * 1e3:.2f} ms (median; {min(steps) * 1e3:.2f}..{max(steps) * 1e3:.2f})")
     print(f"{'cost':<10}{'draws':>6}{'layers':>8}{'fit':>5}{'one reading ms':>16}{'min..max':>16}"
