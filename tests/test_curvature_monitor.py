@@ -80,8 +80,7 @@ def test_reading_equals_the_instrument_at_the_same_parameters_and_signs():
 
 def test_jsonl_log_and_sigma_from_the_optimizer(tmp_path):
     model, opt, data = _setup()
-    path = tmp_path / "logs" / "curvature.jsonl"
-    path.parent.mkdir()
+    path = tmp_path / "logs" / "curvature.jsonl"  # the folder is created at the first reading
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     monitor = CurvatureMonitor(model, _loss, every=2, optimizer=opt, log=str(path))
     for k in range(6):

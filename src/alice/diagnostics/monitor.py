@@ -104,7 +104,8 @@ class CurvatureMonitor:
             :meth:`step` (the training batch: its sampling noise enters the readings).
         log: where each reading goes: a ``SummaryWriter`` (``add_scalar`` per number), a
             callable ``log(values, step)`` (``wandb.log`` is one) called with a flat dict of
-            floats, a path (one JSON object per line, appended), or a list of those.
+            floats, a path (one JSON object per line, appended; folders are created), or a list
+            of those.
         direction: ``"sign"`` (default): the step ``-sigma sign(g0)``; ``"update"``: the
             optimizer's last update (the monitor copies the parameters one step before
             each reading; a reading with no copy falls back to ``"sign"`` and says so in
@@ -200,6 +201,7 @@ class CurvatureMonitor:
         values = None
         for sink in self.sinks:
             if isinstance(sink, Path):
+                sink.parent.mkdir(parents=True, exist_ok=True)
                 with sink.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 continue
