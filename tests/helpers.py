@@ -29,6 +29,16 @@ def regression(*widths, rows, seed=0, dtype=torch.float32):
     return model, x, y
 
 
+def quadratic(dim=5, seed=0, dtype=torch.float32):
+    """Least squares: ``nn.Linear(dim, 1)`` on a batch of 32 random rows."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Linear(dim, 1).to(dtype)
+    x = torch.randn(32, dim, generator=g, dtype=dtype)
+    y = torch.randn(32, 1, generator=g, dtype=dtype)
+    return model, x, y
+
+
 def small_mlp(seed=0):
     """The integration tests' model: 4 inputs, 16 hidden units, 1 output."""
     torch.manual_seed(seed)
