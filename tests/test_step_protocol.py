@@ -3,47 +3,34 @@
 import copy
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from alice import Alice, ClosureError
+from helpers import all_equal, closure_for, closure_of, copies, regression, same_state, train_closure_free
 
 
 def problem(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
-    x, y = torch.randn(32, 6, dtype=dtype), torch.randn(32, 1, dtype=dtype)
-    return model, x, y
+    return regression(6, 8, 1, rows=32, seed=seed, dtype=dtype)
 
 
-def closure_for(opt, model, x, y, zero="optimizer"):
-    def closure():
-        if zero == "optimizer":
-            opt.zero_grad()
-        elif zero == "model":
-            model.zero_grad()  # set_to_none: backward then allocates new gradients
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
-def train(zero, steps=17):
+def run(zero, steps=17):
+    """``steps`` steps whose closure zeroes the gradients by the optimizer, the model or not at all."""
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
-    closure = closure_for(opt, model, x, y, zero)
+    closure = closure_for(opt, model, x, y, zero=model if zero == "model" else zero)
     losses = [opt.step(closure).item() for _ in range(steps)]
     return model, opt, losses
 
 
 def test_gradients_live_in_the_optimizer_buffers_and_any_zeroing_gives_the_same_result():
-    runs = {zero: train(zero) for zero in ("optimizer", "model", "none")}
+    runs = {zero: run(zero) for zero in ("optimizer", "model", "none")}
     want = [p.detach() for p in runs["optimizer"][0].parameters()]
     for zero, (model, opt, losses) in runs.items():
-        assert all(torch.equal(a, b) for a, b in zip(want, model.parameters())), zero
+        assert all_equal(want, model.parameters()), zero
         assert losses == runs["optimizer"][2]
     model, opt, _ = runs["optimizer"]
     storages = {p.grad.untyped_storage().data_ptr() for p in model.parameters()}
@@ -55,11 +42,11 @@ def test_gradients_computed_before_step_are_refused_not_discarded():
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
     closure = closure_for(opt, model, x, y)
     opt.step(closure)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     nn.functional.mse_loss(model(x), y).backward()  # a micro-batch accumulated by the loop
     with pytest.raises(ClosureError, match="Accumulate inside the closure"):
         opt.step(closure)
-    assert opt.calls == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert opt.calls == 1 and all_equal(before, model.parameters())
     opt.zero_grad()  # the documented way out
     opt.step(closure)
     assert opt.calls == 2
@@ -72,7 +59,7 @@ def test_a_closure_that_returns_no_scalar_loss_is_refused_before_anything_change
     good = closure_for(opt, model, x, y)
     for _ in range(3):
         opt.step(good)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     state = copy.deepcopy(opt.state_dict()["state"])
 
     def bad():
@@ -81,9 +68,8 @@ def test_a_closure_that_returns_no_scalar_loss_is_refused_before_anything_change
 
     with pytest.raises(ClosureError, match="must return the scalar loss"):
         opt.step(bad)
-    assert opt.calls == 3 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    after = opt.state_dict()["state"]
-    assert all(torch.equal(state[i][k], after[i][k]) for i in state for k in state[i] if k != "sampled")
+    assert opt.calls == 3 and all_equal(before, model.parameters())
+    assert same_state(state, opt.state_dict()["state"])
 
 
 def test_a_closure_that_calls_step_again_is_refused():
@@ -95,10 +81,10 @@ def test_a_closure_that_calls_step_again_is_refused():
         opt.step(good)
         return good()
 
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     with pytest.raises(ClosureError, match="inside its own closure"):
         opt.step(reentrant)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all_equal(before, model.parameters())
 
 
 def test_a_huge_finite_gradient_skips_the_step_and_keeps_the_state_finite():
@@ -106,11 +92,7 @@ def test_a_huge_finite_gradient_skips_the_step_and_keeps_the_state_finite():
     opt = Alice([p], lr=1e-2, seed=0)
     scale = {"value": 1.0}
 
-    def closure():
-        opt.zero_grad()
-        loss = (scale["value"] * p).sum()  # gradient = scale: 1e30 squares to inf in float32
-        loss.backward()
-        return loss
+    closure = closure_of(opt, lambda: (scale["value"] * p).sum())  # gradient = scale: 1e30 squares to inf in float32
 
     for _ in range(12):
         opt.step(closure)
@@ -175,12 +157,7 @@ def test_half_precision_parameters_follow_the_float32_trajectory():
         p = nn.Parameter(torch.full((256,), 0.5, dtype=dtype))
         opt = Alice([p], lr=1e-3, seed=0)
 
-        def closure():
-            opt.zero_grad()
-            loss = ((p.float() - target) ** 2).sum()
-            loss.backward()
-            return loss
-
+        closure = closure_of(opt, lambda: ((p.float() - target) ** 2).sum())
         for _ in range(200):
             opt.step(closure)
         return p, opt
@@ -206,8 +183,6 @@ def test_a_perturbation_below_half_precision_spacing_is_warned_about():
     layer = nn.LayerNorm(64).to(torch.bfloat16)
     with pytest.warns(RuntimeWarning, match=r"below half the torch.bfloat16 spacing for 100% .*autocast"):
         Alice(layer.parameters(), lr=1e-3)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Alice(layer.parameters(), lr=1e-2)  # 1 +- 1e-2 moves: no warning
@@ -220,15 +195,12 @@ def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(c
     the optimizer: the flat buffers follow, and the centre is kept."""
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=closure_free)
-    closure = closure_for(opt, model, x, y)
 
     def train(n, x, y):
-        for _ in range(n):
-            if closure_free:
-                opt.zero_grad()
-                nn.functional.mse_loss(model(x), y).backward()
-                opt.step()
-            else:
+        if closure_free:
+            train_closure_free(model, opt, x, y, n)
+        else:
+            for _ in range(n):
                 opt.step(closure_for(opt, model, x, y))
 
     train(12, x, y)
