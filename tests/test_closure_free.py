@@ -45,10 +45,10 @@ def test_on_one_batch_closure_free_is_exact_alice():
 
 def test_phases_train_eval_and_the_points_held():
     model, x, y = problem()
-    mu = [p.detach().clone() for p in model.parameters()]
+    mu = copies(model)
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=True)
     assert opt.evaluation == "plus"  # warm-up: a sampling step; the parameters sit at nu + sigma z
-    plus = [p.detach().clone() for p in model.parameters()]
+    plus = copies(model)
     assert all(torch.allclose((a - m).abs(), torch.full_like(m, 1e-2)) for a, m in zip(plus, mu))
     opt.eval()
     assert opt.evaluation is None and all(torch.equal(p, m) for p, m in zip(model.parameters(), mu))

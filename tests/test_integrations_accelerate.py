@@ -11,7 +11,7 @@ accelerate = pytest.importorskip("accelerate", reason="accelerate is an optional
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 
-from alice import Alice, ClosureError  # noqa: E402
+from alice import Alice  # noqa: E402
 from alice.integrations.accelerate import alice_step, micro_batch_closure  # noqa: E402
 from helpers import flat, linear_loader as loader, small_mlp as make_model  # noqa: E402
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from alice import Alice, ClosureError
 from alice.integrations import ConsistentClip, at_center, find_alice

@@ -70,7 +70,7 @@ def test_step_without_a_closure_explains_what_to_pass():
 def test_misbehaving_closures_raise_and_leave_parameters_unchanged():
     model, x, y = quadratic()
     opt = Alice(model.parameters(), seed=0)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     with pytest.raises(ClosureError, match="returned None"):
         opt.step(lambda: None)
     with pytest.raises(ClosureError, match="No parameter received a gradient"):
@@ -81,7 +81,7 @@ def test_misbehaving_closures_raise_and_leave_parameters_unchanged():
 
     with pytest.raises(KeyError):
         opt.step(broken)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all_equal(before, model.parameters())
     assert opt.steps == 0 and opt.calls == 0
     assert all(not s[k].any() for s in opt.state.values() for k in ("step", "offset", "G", "V", "H", "R"))
 
@@ -108,8 +108,8 @@ def test_closures_that_do_not_zero_gradients_give_the_same_result():
         opt = Alice(model.parameters(), lr=1e-2, seed=3)
         for _ in range(25):
             opt.step(closure_for(opt, model, x, y, zero="optimizer" if zero else "none"))
-        runs.append([p.detach().clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+        runs.append(copies(model))
+    assert all_equal(*runs)
 
 
 def test_the_gradient_left_in_grad_is_the_one_at_nu():
@@ -230,15 +230,13 @@ def test_non_finite_steps_change_nothing(bad_eval, kind):
     for _ in range(11):  # step 12 is a sampling step (12 % 4 == 0)
         opt.step(closure)
     saved = copy.deepcopy(opt.state_dict())
-    params = [p.detach().clone() for p in model.parameters()]
+    params = copies(model)
     poison.update(on=True, start=len(calls))
     opt.step(closure)
     with pytest.warns(RuntimeWarning, match="skipped 1 step"):  # decided on the device, told when read
         assert opt.skipped_steps == 1 and opt.steps == 11
-    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
-    after = opt.state_dict()
-    for pid, state in saved["state"].items():
-        assert all(torch.equal(state[k], after["state"][pid][k]) for k in state if k != "sampled")
+    assert all_equal(params, model.parameters())
+    assert same_state(saved["state"], opt.state_dict()["state"])
     poison["on"] = False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -341,7 +339,7 @@ def test_skipped_step_restores_buffers_when_model_is_given():
     opt.step(closure)
     with pytest.warns(RuntimeWarning):
         assert opt.skipped_steps == 1
-    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+    assert all_equal(buffers, model.buffers())
 
 
 # -- groups and schedulers --------------------------------------------------------
@@ -384,15 +382,14 @@ def test_a_step_at_lr_zero_evaluates_once_and_changes_nothing():
         opt.step(closure)
         sched.step()
     assert opt.param_groups[0]["lr"] == 0
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     state = copy.deepcopy(opt.state_dict()["state"])
     del calls[:]
     loss = opt.step(closure)
     assert len(calls) == 1 and torch.equal(loss, nn.functional.mse_loss(model(x), y))  # at nu = mu here
     assert opt.steps == 5 and opt.calls == 5  # not counted: the schedule does not advance
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    after = opt.state_dict()["state"]
-    assert all(torch.equal(state[i][k], after[i][k]) for i in state for k in state[i] if k != "sampled")
+    assert all_equal(before, model.parameters())
+    assert same_state(state, opt.state_dict()["state"])
     for bad in (-1e-3, float("nan")):
         opt.param_groups[0]["lr"] = bad
         with pytest.raises(ValueError, match="param group 0: Invalid lr"):
@@ -472,5 +469,5 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_foreach(monkeypatch):
             assert compiled._AVAILABLE["cpu"] is False
         else:
             train(model, opt, x, y, 14)
-        runs.append([p.detach().clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+        runs.append(copies(model))
+    assert all_equal(*runs)

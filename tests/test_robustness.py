@@ -9,7 +9,7 @@ from torch import nn
 
 import alice
 from alice import Alice
-from helpers import flat, regression, train
+from helpers import copies, flat, regression, train
 
 
 def problem():
@@ -62,7 +62,7 @@ def test_freezing_a_parameter_inside_the_closure_waits_for_the_step_end():
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=3)
     train(model, opt, x, y, 15)  # step 16 samples: three calls
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     state_before = opt.state[model[2].weight]["G"].clone()
     calls = []
 

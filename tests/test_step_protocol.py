@@ -206,7 +206,7 @@ def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(c
     train(12, x, y)
     calls = opt.calls
     opt.eval()
-    mu = [p.detach().clone() for p in model.parameters()]
+    mu = copies(model)
     opt.train()
     G = [opt.state[p]["G"].clone() for p in model.parameters()]
     model.double()
