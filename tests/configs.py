@@ -3,10 +3,11 @@ pattern of torch's ``common_optimizers.py`` and optax's ``alias_test.py``).
 
 * ``CONFIGS``: Alice's configurations, ``Config(desc, kwargs, lr_at)``; the parity
   tests run each on every path of ``PATHS``, the checkpoint tests resume each.
-* ``ERRORS``: bad input, ``Error(kwargs, error, regex, at)``: ``at`` says where it is
-  refused: ``"construction"`` (``Alice(params, **kwargs)``), ``"add_param_group"``
-  (a group with ``kwargs``) or ``"step"`` (``kwargs`` written into a group, as a
-  scheduler or the user would, then ``step()``).
+* ``ERRORS``: misuse and where it is refused, ``Error(kwargs, error, regex, at, call)``:
+  at ``"construction"`` ``Alice(params, **kwargs)`` raises; at ``"add_param_group"``
+  a group with the values ``kwargs`` is refused; at ``"step"`` an Alice built with
+  ``kwargs`` refuses ``call(opt, model, x, y)`` (a bad closure, or a group edited
+  between steps as a scheduler or the user would) before anything changes.
 * ``LOAD_ERRORS``: saved state dicts edited to be wrong, ``LoadError(desc, edit,
   regex)``: ``load_state_dict`` refuses each with a ``ValueError`` matching ``regex``.
 """
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import torch
+
+from alice import ClosureError
+from helpers import closure_for, mse
 
 LR = 1e-2  # the lr of every configuration (the bounds below are set against it)
 
@@ -59,6 +63,46 @@ class Error(NamedTuple):
     error: type
     regex: str
     at: str = "construction"
+    call: Callable | None = None  # at "step": what is done with (opt, model, x, y)
+
+
+def _step_with_group(**values):
+    """A step after ``values`` were written into group 0."""
+
+    def call(opt, model, x, y):
+        opt.param_groups[0].update(values)
+        opt.step(closure_for(opt, model, x, y))
+
+    return call
+
+
+def _step_without_closure(opt, model, x, y):
+    opt.step()
+
+
+def _step_returning_none(opt, model, x, y):
+    opt.step(lambda: None)
+
+
+def _step_without_backward(opt, model, x, y):
+    opt.step(lambda: mse(model, x, y))
+
+
+def _step_whose_closure_raises(opt, model, x, y):
+    def broken():
+        raise KeyError("data loader failed")
+
+    opt.step(broken)
+
+
+def _step_inside_the_closure(opt, model, x, y):
+    good = closure_for(opt, model, x, y)
+
+    def reentrant():
+        opt.step(good)
+        return good()
+
+    opt.step(reentrant)
 
 
 _WEIGHT_DECAYS = [-0.1, float("nan"), float("inf"), "0.1", None, True]
@@ -93,11 +137,19 @@ ERRORS = [
       for at in ("construction", "add_param_group") for bad in _WEIGHT_DECAYS),
     Error(dict(omega=-1), ValueError, r"omega: -1", "add_param_group"),
     # a group's values are checked again when a step begins
-    Error(dict(lr=-1e-3), ValueError, r"param group 0: Invalid lr: -0\.001", "step"),
-    Error(dict(lr=float("nan")), ValueError, r"param group 0: Invalid lr: nan", "step"),
-    Error(dict(eps=-1.0), ValueError, r"param group 0: Invalid eps: -1\.0", "step"),
-    Error(dict(hess_comp="bad"), ValueError, r"param group 0: Invalid hess_comp: 'bad'", "step"),
-    Error(dict(weight_decay=-0.1), ValueError, r"param group 0: Invalid weight_decay: -0\.1", "step"),
+    Error({}, ValueError, r"param group 0: Invalid lr: -0\.001", "step", _step_with_group(lr=-1e-3)),
+    Error({}, ValueError, r"param group 0: Invalid lr: nan", "step", _step_with_group(lr=float("nan"))),
+    Error({}, ValueError, r"param group 0: Invalid eps: -1\.0", "step", _step_with_group(eps=-1.0)),
+    Error({}, ValueError, r"param group 0: Invalid hess_comp: 'bad'", "step", _step_with_group(hess_comp="bad")),
+    Error({}, ValueError, r"param group 0: Invalid weight_decay: -0\.1", "step", _step_with_group(weight_decay=-0.1)),
+    # closures: the message says what to pass, and both ways when there is none
+    Error({}, ClosureError, r"closure that re-evaluates the model.*loss\.backward\(\)", "step", _step_without_closure),
+    Error({}, ClosureError, r"closure_free=True", "step", _step_without_closure),
+    Error({}, ClosureError, r"AliceTrainer", "step", _step_without_closure),
+    Error({}, ClosureError, r"returned None", "step", _step_returning_none),
+    Error({}, ClosureError, r"No parameter received a gradient", "step", _step_without_backward),
+    Error({}, KeyError, r"data loader failed", "step", _step_whose_closure_raises),  # the closure's own error
+    Error({}, ClosureError, r"inside its own closure", "step", _step_inside_the_closure),
 ]
 
 

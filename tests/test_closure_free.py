@@ -14,12 +14,6 @@ def problem(seed=0):
     return regression(5, 16, 1, rows=40, seed=seed)
 
 
-def test_step_without_a_closure_names_both_ways():
-    model, _, _ = problem()
-    with pytest.raises(ClosureError, match=r"closure_free=True"):
-        Alice(model.parameters()).step()
-
-
 def test_on_one_batch_closure_free_is_exact_alice():
     """With the same batch at every call, the three calls of a sampling step see
     exactly the closure's three evaluations: the trajectories agree bit for bit."""

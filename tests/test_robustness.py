@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import alice
 from alice import Alice
 from helpers import copies, flat, regression, train
 
@@ -82,10 +81,3 @@ def test_freezing_a_parameter_inside_the_closure_waits_for_the_step_end():
     assert not torch.equal(model[0].weight, before[0])
     opt.step(closure)  # the layout change takes effect now
     assert torch.equal(model[2].weight, before[2]) and opt.steps == 17
-
-
-def test_a_missing_closure_names_the_fixes_including_alice_trainer():
-    p = torch.nn.Parameter(torch.ones(2))
-    with pytest.raises(alice.ClosureError, match="AliceTrainer") as err:
-        alice.Alice([p]).step()
-    assert "closure_free=True" in str(err.value)

@@ -72,21 +72,6 @@ def test_a_closure_that_returns_no_scalar_loss_is_refused_before_anything_change
     assert same_state(state, opt.state_dict()["state"])
 
 
-def test_a_closure_that_calls_step_again_is_refused():
-    model, x, y = problem()
-    opt = Alice(model.parameters(), lr=1e-2, seed=0)
-    good = closure_for(opt, model, x, y)
-
-    def reentrant():
-        opt.step(good)
-        return good()
-
-    before = copies(model)
-    with pytest.raises(ClosureError, match="inside its own closure"):
-        opt.step(reentrant)
-    assert all_equal(before, model.parameters())
-
-
 def test_a_huge_finite_gradient_skips_the_step_and_keeps_the_state_finite():
     p = nn.Parameter(torch.tensor([0.5, -0.25]))
     opt = Alice([p], lr=1e-2, seed=0)
