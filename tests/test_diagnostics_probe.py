@@ -25,12 +25,7 @@ D = 1000
 SIGMA = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _values(lo, hi, seed, n=D, dtype=torch.float32):
