@@ -75,26 +75,23 @@ def test_grad_scaler_skips_leave_the_phase_and_state():
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    for _ in range(7):
-        opt.zero_grad()
-        scaler.scale(loss_of(model, x, y)).backward()
-        scaler.step(opt)
-        scaler.update()
+
+    def scaled_calls(n, loss=lambda: loss_of(model, x, y)):
+        for _ in range(n):
+            opt.zero_grad()
+            scaler.scale(loss()).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    scaled_calls(7)
     phase, calls = opt.evaluation, opt.calls
     before = copies(model)
     state = copy.deepcopy(opt.state_dict())
-    opt.zero_grad()
-    scaler.scale(loss_of(model, x, y) * float("inf")).backward()  # GradScaler finds inf: no step()
-    scaler.step(opt)
-    scaler.update()
+    scaled_calls(1, lambda: loss_of(model, x, y) * float("inf"))  # GradScaler finds inf: no step()
     assert opt.evaluation == phase and opt.calls == calls
     assert all_equal(before, model.parameters())
     assert same_state(state["state"], opt.state_dict()["state"])
-    for _ in range(6):  # and training goes on
-        opt.zero_grad()
-        scaler.scale(loss_of(model, x, y)).backward()
-        scaler.step(opt)
-        scaler.update()
+    scaled_calls(6)  # and training goes on
     assert opt.calls > calls and opt.skipped_steps == 0
 
 
