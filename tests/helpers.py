@@ -39,6 +39,17 @@ def quadratic(dim=5, seed=0, dtype=torch.float32):
     return model, x, y
 
 
+class Net(nn.Module):
+    """Linear, BatchNorm, ReLU, dropout (``p``), Linear: buffers and randomness in the forward."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.fc1, self.bn, self.drop, self.fc2 = nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Dropout(p), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.fc2(self.drop(torch.relu(self.bn(self.fc1(x)))))
+
+
 def small_mlp(seed=0):
     """The integration tests' model: 4 inputs, 16 hidden units, 1 output."""
     torch.manual_seed(seed)

@@ -1,7 +1,7 @@
-"""Behaviour of alice.Alice as a torch optimizer: errors, closures, state, RNG, buffers."""
+"""alice.Alice as a torch optimizer: what closures see, the state's layout and dtypes, RNG and
+buffers across the three evaluations, groups, schedulers and presets, the kernel fallback."""
 
 import copy
-import warnings
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from torch import nn
 
 from alice import PRESETS, Alice
 from alice.schedule import effective_beta, step_scalars
-from helpers import all_equal, closure_for, closure_of, copies, mse, quadratic, same_state, train
+from helpers import Net, all_equal, closure_for, closure_of, copies, flat, quadratic, regression, same_state, train
 
 
 def test_invalid_group_values_and_quick_steps_in_a_group():
@@ -91,23 +91,6 @@ def test_parameters_hold_mu_after_every_step_even_when_edited_in_warm_up():
     assert torch.equal(model.weight, edited)
 
 
-def test_frozen_and_unused_parameters_are_left_untouched():
-    used = nn.Linear(3, 1)
-    frozen = nn.Parameter(torch.ones(4), requires_grad=False)
-    unused = nn.Parameter(torch.ones(2))
-    opt = Alice([*used.parameters(), frozen, unused], lr=1e-2, seed=0)
-    x, y = torch.randn(8, 3), torch.randn(8, 1)
-
-    closure = closure_of(opt, lambda: mse(used, x, y))
-    w0 = used.weight.detach().clone()
-    for _ in range(15):
-        opt.step(closure)
-    assert torch.equal(frozen, torch.ones(4)) and torch.equal(unused.detach(), torch.ones(2))
-    assert frozen not in opt.state  # never trainable: no state at all
-    assert opt.state[unused]["step"] == 0 and not opt.state[unused]["G"].any()  # never took part
-    assert not torch.equal(used.weight, w0)
-
-
 @pytest.mark.parametrize("zero", ["optimizer", "model"])
 def test_sparse_gradients_train_exactly_as_dense_ones(zero):
     """A sparse embedding's gradient lands in Alice's dense buffer (added in place, or
@@ -158,66 +141,7 @@ def test_autocast_inside_the_closure():
     assert model.weight.dtype == torch.float32 and losses[-1] < losses[0]
 
 
-# -- non-finite steps -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("bad_eval", [0, 1, 2], ids=["at nu+d", "at nu-d", "at nu"])
-@pytest.mark.parametrize("kind", ["loss", "grad"])
-def test_non_finite_steps_change_nothing(bad_eval, kind):
-    model, x, y = quadratic()
-    opt = Alice(model.parameters(), lr=1e-2, seed=0)
-    calls = []
-    poison = {"on": False}
-
-    def closure():
-        calls.append(1)
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        if poison["on"] and len(calls) - poison["start"] == bad_eval + 1:
-            loss = loss * float("nan") if kind == "loss" else loss + model.weight.sum() * float("inf")
-        loss.backward()
-        return loss
-
-    for _ in range(11):  # step 12 is a sampling step (12 % 4 == 0)
-        opt.step(closure)
-    saved = copy.deepcopy(opt.state_dict())
-    params = copies(model)
-    poison.update(on=True, start=len(calls))
-    opt.step(closure)
-    with pytest.warns(RuntimeWarning, match="skipped 1 step"):  # decided on the device, told when read
-        assert opt.skipped_steps == 1 and opt.steps == 11
-    assert all_equal(params, model.parameters())
-    assert same_state(saved["state"], opt.state_dict()["state"])
-    poison["on"] = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        opt.step(closure)  # training goes on, and the warning is not repeated
-    assert opt.steps == 12
-
-
-def test_warning_is_issued_once():
-    model, x, y = quadratic()
-    opt = Alice(model.parameters(), lr=1e-2, seed=0)
-
-    closure = closure_of(opt, lambda: mse(model, x, y) * float("inf"))
-    with pytest.warns(RuntimeWarning) as record:
-        for _ in range(3):
-            opt.step(closure)
-            opt.skipped_steps
-    assert len([w for w in record if "skipped" in str(w.message)]) == 1
-    assert opt.skipped_steps == 3 and opt.steps == 0
-
-
 # -- randomness and buffers -------------------------------------------------------
-
-
-class Net(nn.Module):
-    def __init__(self, p=0.5):
-        super().__init__()
-        self.fc1, self.bn, self.drop, self.fc2 = nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Dropout(p), nn.Linear(16, 1)
-
-    def forward(self, x):
-        return self.fc2(self.drop(torch.relu(self.bn(self.fc1(x)))))
 
 
 def test_sampling_evaluations_share_rng_and_leave_it_as_one_evaluation():
@@ -279,20 +203,6 @@ def test_batchnorm_statistics(use_model):
         assert model.bn.num_batches_tracked.item() == 3
 
 
-def test_skipped_step_restores_buffers_when_model_is_given():
-    torch.manual_seed(0)
-    model = Net(p=0.0)
-    x, y = torch.randn(16, 6), torch.randn(16, 1)
-    opt = Alice(model.parameters(), lr=1e-2, seed=0, model=model)
-    buffers = copy.deepcopy(list(model.buffers()))
-
-    closure = closure_of(opt, lambda: mse(model, x * float("nan"), y))
-    opt.step(closure)
-    with pytest.warns(RuntimeWarning):
-        assert opt.skipped_steps == 1
-    assert all_equal(buffers, model.buffers())
-
-
 # -- groups and schedulers --------------------------------------------------------
 
 
@@ -345,6 +255,17 @@ def test_a_step_at_lr_zero_evaluates_once_and_changes_nothing():
         opt.param_groups[0]["lr"] = bad
         with pytest.raises(ValueError, match="param group 0: Invalid lr"):
             opt.step(closure)
+
+
+def test_a_group_at_lr_zero_beside_a_training_group():
+    model, x, y = regression(4, 8, 1, rows=16)
+    frozen = [p.detach().clone() for p in model[2].parameters()]
+    opt = Alice([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.0}], lr=1e-2)
+    first = flat(model[0]).clone()
+    train(model, opt, x, y, 14)
+    assert opt.steps == 14
+    assert not torch.equal(flat(model[0]), first)
+    assert all(torch.equal(p, q) for p, q in zip(model[2].parameters(), frozen))
 
 
 def test_per_group_hyperparameters_and_phi_default():

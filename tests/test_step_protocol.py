@@ -1,4 +1,5 @@
-"""The step's protocol: gradients in Alice's buffers, refusals, skips and edits (issue 13)."""
+"""The step's protocol (issue 13): gradients in Alice's buffers, gradients and losses it refuses,
+parameters edited, frozen, unfrozen or converted between steps, half precision."""
 
 import copy
 import subprocess
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from alice import Alice, ClosureError
-from helpers import all_equal, closure_for, closure_of, copies, regression, same_state, train_closure_free
+from helpers import all_equal, closure_for, closure_of, copies, mse, regression, same_state, train, train_closure_free
 
 
 def problem(dtype=torch.float32, seed=0):
@@ -70,27 +71,6 @@ def test_a_closure_that_returns_no_scalar_loss_is_refused_before_anything_change
         opt.step(bad)
     assert opt.calls == 3 and all_equal(before, model.parameters())
     assert same_state(state, opt.state_dict()["state"])
-
-
-def test_a_huge_finite_gradient_skips_the_step_and_keeps_the_state_finite():
-    p = nn.Parameter(torch.tensor([0.5, -0.25]))
-    opt = Alice([p], lr=1e-2, seed=0)
-    scale = {"value": 1.0}
-
-    closure = closure_of(opt, lambda: (scale["value"] * p).sum())  # gradient = scale: 1e30 squares to inf in float32
-
-    for _ in range(12):
-        opt.step(closure)
-    before = p.detach().clone()
-    scale["value"] = 1e30
-    opt.step(closure)
-    with pytest.warns(RuntimeWarning, match="skipped 1 step"):
-        assert opt.skipped_steps == 1
-    assert torch.equal(p.detach(), before)
-    assert all(torch.isfinite(t).all() for t in opt.state[p].values())
-    scale["value"] = 1.0
-    opt.step(closure)
-    assert opt.steps == 12 + 1 and torch.isfinite(p).all()
 
 
 def test_parameters_edited_between_steps_are_the_new_centre():
@@ -203,3 +183,46 @@ def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(c
                for p, g in zip(model.parameters(), G))
     train(8, x.double(), y.double())
     assert opt.calls > calls and all(p.grad.dtype == torch.float64 for p in model.parameters())
+
+
+def test_frozen_and_unused_parameters_are_left_untouched():
+    used = nn.Linear(3, 1)
+    frozen = nn.Parameter(torch.ones(4), requires_grad=False)
+    unused = nn.Parameter(torch.ones(2))
+    opt = Alice([*used.parameters(), frozen, unused], lr=1e-2, seed=0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    closure = closure_of(opt, lambda: mse(used, x, y))
+    w0 = used.weight.detach().clone()
+    for _ in range(15):
+        opt.step(closure)
+    assert torch.equal(frozen, torch.ones(4)) and torch.equal(unused.detach(), torch.ones(2))
+    assert frozen not in opt.state  # never trainable: no state at all
+    assert opt.state[unused]["step"] == 0 and not opt.state[unused]["G"].any()  # never took part
+    assert not torch.equal(used.weight, w0)
+
+
+def test_freezing_a_parameter_inside_the_closure_waits_for_the_step_end():
+    model, x, y = regression(4, 8, 1, rows=16)
+    opt = Alice(model.parameters(), lr=1e-2, seed=3)
+    train(model, opt, x, y, 15)  # step 16 samples: three calls
+    before = copies(model)
+    state_before = opt.state[model[2].weight]["G"].clone()
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:  # between the evaluations at nu + sigma z and nu - sigma z
+            model[2].weight.requires_grad_(False)
+        opt.zero_grad()  # (would rebuild the buffers mid-step)
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert len(calls) == 3 and opt.steps == 16
+    assert torch.equal(model[2].weight, before[2])  # no gradient in every evaluation: left at mu
+    assert torch.equal(opt.state[model[2].weight]["G"], state_before)
+    assert not torch.equal(model[0].weight, before[0])
+    opt.step(closure)  # the layout change takes effect now
+    assert torch.equal(model[2].weight, before[2]) and opt.steps == 17
