@@ -97,7 +97,8 @@ def test_load_keeps_float32_state_for_half_parameters():
         assert opt2.state[p]["G"].dtype == torch.float32
 
 
-@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))], ids=["deepcopy", "pickle"])
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))],
+                         ids=["deepcopy", "pickle"])
 def test_copies_of_model_and_optimizer_continue_identically(duplicate):
     model, x, y = quadratic()
     opt = Alice(model.parameters(), lr=1e-2, seed=9, quick_steps=2)
