@@ -93,6 +93,13 @@ def closure_of(opt, loss_fn, zero="optimizer", counter=None):
     return closure
 
 
+def train_on(opt, loss_fn, steps):
+    """``steps`` closure-mode steps on the loss ``loss_fn()``."""
+    closure = closure_of(opt, loss_fn)
+    for _ in range(steps):
+        opt.step(closure)
+
+
 def closure_for(opt, model, x, y, **kwargs):
     """``closure_of`` the mean squared error of ``model`` on ``(x, y)``."""
     return closure_of(opt, lambda: mse(model, x, y), **kwargs)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from alice import Alice, ClosureError
-from helpers import all_equal, closure_for, closure_of, copies, mse, regression, same_state, train, train_closure_free
+from helpers import all_equal, closure_for, closure_of, copies, mse, regression, same_state, train, train_closure_free, train_on
 
 
 def problem(dtype=torch.float32, seed=0):
@@ -122,9 +122,7 @@ def test_half_precision_parameters_follow_the_float32_trajectory():
         p = nn.Parameter(torch.full((256,), 0.5, dtype=dtype))
         opt = Alice([p], lr=1e-3, seed=0)
 
-        closure = closure_of(opt, lambda: ((p.float() - target) ** 2).sum())
-        for _ in range(200):
-            opt.step(closure)
+        train_on(opt, lambda: ((p.float() - target) ** 2).sum(), 200)
         return p, opt
 
     p16, opt16 = run(torch.bfloat16)
@@ -161,14 +159,10 @@ def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(c
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=closure_free)
 
-    def train(n, x, y):
-        if closure_free:
-            train_closure_free(model, opt, x, y, n)
-        else:
-            for _ in range(n):
-                opt.step(closure_for(opt, model, x, y))
+    def run(n, x, y):
+        (train_closure_free if closure_free else train)(model, opt, x, y, n)
 
-    train(12, x, y)
+    run(12, x, y)
     calls = opt.calls
     opt.eval()
     mu = copies(model)
@@ -181,7 +175,7 @@ def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(c
     opt.zero_grad()  # (any call into the optimizer notices the move)
     assert all(opt.state[p]["G"].dtype == torch.float64 and torch.equal(opt.state[p]["G"], g.double())
                for p, g in zip(model.parameters(), G))
-    train(8, x.double(), y.double())
+    run(8, x.double(), y.double())
     assert opt.calls > calls and all(p.grad.dtype == torch.float64 for p in model.parameters())
 
 
