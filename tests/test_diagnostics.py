@@ -19,32 +19,19 @@ import torch
 from alice import Alice
 from alice.diagnostics import KEYS, PER_PARAM_KEYS, diagnostics, param_names
 from alice._scalars import sampling_calls
+from helpers import train_on
 
 D = 1000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def train(loss_of, x0, steps, **kwargs):
     """Alice on one parameter tensor ``x`` (initialised to ``x0``) for ``steps`` steps."""
     x = torch.nn.Parameter(x0.clone())
     opt = Alice([x], seed=0, **kwargs)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_of(x)
-        loss.backward()
-        return loss
-
-    for _ in range(steps):
-        opt.step(closure)
+    train_on(opt, lambda: loss_of(x), steps)
     return x, opt
 
 

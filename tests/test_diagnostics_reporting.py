@@ -16,12 +16,7 @@ from alice.diagnostics import diagnostics
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "diagnostics.md"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _quickstart() -> str:

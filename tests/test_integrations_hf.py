@@ -13,7 +13,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from alice import Alice, ClosureError, LoopError  # noqa: E402
 from alice.integrations.hf import AliceTrainer, ClosureFreeCallback  # noqa: E402
-from _integrations_util import one_thread  # noqa: E402,F401
+from helpers import flat  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB, LENGTH = 32, 16
 
@@ -59,10 +61,6 @@ def mean_loss(model, data=Counting(64, seed=1)):
     with torch.no_grad():
         batch = torch.stack([data[i]["input_ids"] for i in range(len(data))])
         return model(input_ids=batch, labels=batch).loss.item()
-
-
-def flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def test_plain_trainer_with_closure_mode_alice_raises_naming_both_ways(tmp_path):

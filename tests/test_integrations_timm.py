@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from alice import Alice, ClosureError
-from _integrations_util import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 try:
     import timm
