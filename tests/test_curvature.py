@@ -8,7 +8,7 @@ import torch
 from alice import _math
 from alice.diagnostics import CurvatureReport, curvature
 from alice.diagnostics.probe import GLASS_COEFFICIENT
-from _integrations_util import one_thread  # noqa: F401 (one intra-op thread for tiny models)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny models
 
 
 class Elementwise(torch.nn.Module):

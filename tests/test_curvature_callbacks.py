@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from torch import nn
-from _integrations_util import one_thread  # noqa: F401 (one intra-op thread for tiny models)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny models
 
 
 def test_lightning_callback_reads_every_n_optimizer_steps_into_the_trainers_logger(tmp_path):

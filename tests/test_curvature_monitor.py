@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alice.diagnostics import COSTS, CurvatureMonitor, curvature, plot_curvature
-from _integrations_util import one_thread  # noqa: F401 (one intra-op thread for tiny models)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny models
 
 
 def _loss(model, batch):
