@@ -1,7 +1,7 @@
 """Test oracle for ``alice.Alice``, written from the spec only.
 
 This is a deliberately slow and plain float64 transcription of
-``/work/shared/spec/alice-update.md`` ("The Alice update: the exact
+``docs/alice-update.md`` ("The Alice update: the exact
 contract"). It shares no code with ``alice``: every rule of the spec is
 one line of elementwise float64 tensor math below, in the spec's order.
 It knows nothing of closures or models: ``step`` is handed a function that

@@ -6,24 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from alice import Alice, ClosureError
+from alice import Alice, ClosureError, LoopError
+from helpers import all_equal, closure_for, copies, mse as loss_of, regression, same_state, train_closure_free
 
 
 def problem(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1))
-    x, y = torch.randn(40, 5), torch.randn(40, 1)
-    return model, x, y
-
-
-def loss_of(model, x, y):
-    return nn.functional.mse_loss(model(x), y)
-
-
-def test_step_without_a_closure_names_both_ways():
-    model, _, _ = problem()
-    with pytest.raises(ClosureError, match=r"closure_free=True"):
-        Alice(model.parameters()).step()
+    return regression(5, 16, 1, rows=40, seed=seed)
 
 
 def test_on_one_batch_closure_free_is_exact_alice():
@@ -31,12 +19,7 @@ def test_on_one_batch_closure_free_is_exact_alice():
     exactly the closure's three evaluations: the trajectories agree bit for bit."""
     model, x, y = problem()
     exact = Alice(model.parameters(), lr=1e-2, seed=3)
-
-    def closure():
-        exact.zero_grad()
-        loss = loss_of(model, x, y)
-        loss.backward()
-        return loss
+    closure = closure_for(exact, model, x, y)
 
     free_model = copy.deepcopy(model)
     free = Alice(free_model.parameters(), lr=1e-2, seed=3, closure_free=True)
@@ -51,19 +34,19 @@ def test_on_one_batch_closure_free_is_exact_alice():
                 break
     free.eval()
     assert free.calls == exact.calls == 22
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), free_model.parameters()))
+    assert all_equal(model.parameters(), free_model.parameters())
 
 
 def test_phases_train_eval_and_the_points_held():
     model, x, y = problem()
-    mu = [p.detach().clone() for p in model.parameters()]
+    mu = copies(model)
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=True)
     assert opt.evaluation == "plus"  # warm-up: a sampling step; the parameters sit at nu + sigma z
-    plus = [p.detach().clone() for p in model.parameters()]
+    plus = copies(model)
     assert all(torch.allclose((a - m).abs(), torch.full_like(m, 1e-2)) for a, m in zip(plus, mu))
     opt.eval()
     assert opt.evaluation is None and all(torch.equal(p, m) for p, m in zip(model.parameters(), mu))
-    with pytest.raises(ClosureError, match="eval mode"):
+    with pytest.raises(LoopError, match="eval mode"):
         opt.step()
     opt.train()
     assert all(torch.equal(p, a) for p, a in zip(model.parameters(), plus))
@@ -83,9 +66,7 @@ def test_accumulation_by_the_loop_is_the_sum_of_the_micro_batches():
         for xb, yb in zip(x.split(20), y.split(20)):
             (nn.functional.mse_loss(model(xb), yb, reduction="sum") / 40).backward()
         opt.step()
-        opt_whole.zero_grad()
-        loss_of(whole, x, y).backward()
-        opt_whole.step()
+        train_closure_free(whole, opt_whole, x, y, 1)
     for a, b in zip(model.parameters(), whole.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -94,28 +75,23 @@ def test_grad_scaler_skips_leave_the_phase_and_state():
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    for _ in range(7):
-        opt.zero_grad()
-        scaler.scale(loss_of(model, x, y)).backward()
-        scaler.step(opt)
-        scaler.update()
+
+    def scaled_calls(n, loss=lambda: loss_of(model, x, y)):
+        for _ in range(n):
+            opt.zero_grad()
+            scaler.scale(loss()).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    scaled_calls(7)
     phase, calls = opt.evaluation, opt.calls
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     state = copy.deepcopy(opt.state_dict())
-    opt.zero_grad()
-    scaler.scale(loss_of(model, x, y) * float("inf")).backward()  # GradScaler finds inf: no step()
-    scaler.step(opt)
-    scaler.update()
+    scaled_calls(1, lambda: loss_of(model, x, y) * float("inf"))  # GradScaler finds inf: no step()
     assert opt.evaluation == phase and opt.calls == calls
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    after = opt.state_dict()
-    assert all(torch.equal(state["state"][i][k], after["state"][i][k])
-               for i in state["state"] for k in state["state"][i] if k != "sampled")
-    for _ in range(6):  # and training goes on
-        opt.zero_grad()
-        scaler.scale(loss_of(model, x, y)).backward()
-        scaler.step(opt)
-        scaler.update()
+    assert all_equal(before, model.parameters())
+    assert same_state(state["state"], opt.state_dict()["state"])
+    scaled_calls(6)  # and training goes on
     assert opt.calls > calls and opt.skipped_steps == 0
 
 
@@ -124,26 +100,20 @@ def test_a_checkpoint_inside_a_sampling_step_resumes_exactly(stop_after):
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=True)
 
-    def call(m, o, n):
-        for _ in range(n):
-            o.zero_grad()
-            loss_of(m, x, y).backward()
-            o.step()
-
-    call(model, opt, 3 * 4 + stop_after)  # four warm-up steps, then part of the fifth
+    train_closure_free(model, opt, x, y, 3 * 4 + stop_after)  # four warm-up steps, then part of the fifth
     opt.eval()
     saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
     opt.train()
-    call(model, opt, 20)
+    train_closure_free(model, opt, x, y, 20)
     opt.eval()
 
     model2 = problem(seed=5)[0]
     model2.load_state_dict(saved["model"])
     opt2 = Alice(model2.parameters(), lr=1e-2, closure_free=True)
     opt2.load_state_dict(saved["opt"])
-    call(model2, opt2, 20)
+    train_closure_free(model2, opt2, x, y, 20)
     opt2.eval()
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    assert all_equal(model.parameters(), model2.parameters())
 
 
 def test_closure_free_warm_up_takes_three_optimizer_steps_per_alice_step():

@@ -5,19 +5,16 @@ Skipped, with the reason, on machines without CUDA (CI is CPU only; these run
 on the device machine, see benchmarks/RESULTS.md).
 """
 
-import io
-
 import pytest
 import torch
 from torch import nn
 
-from alice import Alice
+from alice import Alice, kernels
 from alice._rademacher import rademacher, tensor_key
-from alice.kernels import compiled
+from configs import PATHS
+from helpers import all_equal, closure_of, copies, mse, saved, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-PATHS = {"foreach": dict(), "single": dict(foreach=False), "fused": dict(fused=True)}
 
 
 def mlp(device, dtype=torch.float64, dropout=0.0):
@@ -31,15 +28,9 @@ def data(device, dtype=torch.float64):
     return torch.randn(64, 8, generator=g, dtype=dtype).to(device), torch.randn(64, 1, generator=g, dtype=dtype).to(device)
 
 
-def train(model, opt, x, y, steps):
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    for _ in range(steps):
-        opt.step(closure)
+def skip_fused_without_compiler(path):
+    if path == "fused" and not kernels.available("cuda"):
+        pytest.skip("torch.compile (Triton) unavailable on this CUDA machine")
 
 
 def run(device, steps=40, dtype=torch.float64, **kwargs):
@@ -56,8 +47,7 @@ def test_signs_are_the_same_on_cuda():
 
 @pytest.mark.parametrize("path", PATHS)
 def test_cuda_trajectory_matches_cpu(path):
-    if path == "fused" and not compiled.available("cuda"):
-        pytest.skip("torch.compile (Triton) unavailable on this CUDA machine")
+    skip_fused_without_compiler(path)
     cpu_model, _ = run("cpu")
     cuda_model, opt = run("cuda", **PATHS[path])
     for a, b in zip(cpu_model.parameters(), cuda_model.parameters()):
@@ -69,8 +59,7 @@ def test_cuda_trajectory_matches_cpu(path):
 def test_step_never_waits_for_the_gpu(path):
     """No host sync anywhere in step(): warm-up, sampling and quick steps, a skipped
     step, BatchNorm buffers kept with model=, bf16 parameters."""
-    if path == "fused" and not compiled.available("cuda"):
-        pytest.skip("torch.compile (Triton) unavailable on this CUDA machine")
+    skip_fused_without_compiler(path)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 1)).cuda()
     model[3].to(torch.bfloat16)
@@ -130,33 +119,23 @@ def test_cuda_dropout_masks_replayed():
 
 def test_cuda_resume_is_bit_exact_and_state_follows_the_parameters():
     model, opt = run("cuda", steps=13)
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, map_location="cpu", weights_only=True)
+    loaded = torch.load(saved(model, opt), map_location="cpu", weights_only=True)
     x, y = data("cuda")
     train(model, opt, x, y, 11)
     model2 = mlp("cuda")
-    model2.load_state_dict(saved["model"])
+    model2.load_state_dict(loaded["model"])
     opt2 = Alice(model2.parameters(), lr=1e-2)
-    opt2.load_state_dict(saved["opt"])  # state saved to CPU moves to the parameters' device
+    opt2.load_state_dict(loaded["opt"])  # state saved to CPU moves to the parameters' device
     assert all(t.is_cuda for s in opt2.state.values() for t in s.values())
     train(model2, opt2, x, y, 11)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    assert all_equal(model.parameters(), model2.parameters())
 
 
 def test_cuda_non_finite_step_is_skipped():
     model, (x, y) = mlp("cuda"), data("cuda")
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
-    before = [p.detach().clone() for p in model.parameters()]
-
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y) * float("nan")
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    before = copies(model)
+    opt.step(closure_of(opt, lambda: mse(model, x, y) * float("nan")))
     with pytest.warns(RuntimeWarning, match="skipped"):
         assert opt.skipped_steps == 1 and opt.steps == 0
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all_equal(before, model.parameters())

@@ -18,33 +18,20 @@ import torch
 
 from alice import Alice
 from alice.diagnostics import KEYS, PER_PARAM_KEYS, diagnostics, param_names
-from alice.diagnostics.stats import sampling_calls
+from alice._scalars import sampling_calls
+from helpers import train_on
 
 D = 1000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def train(loss_of, x0, steps, **kwargs):
     """Alice on one parameter tensor ``x`` (initialised to ``x0``) for ``steps`` steps."""
     x = torch.nn.Parameter(x0.clone())
     opt = Alice([x], seed=0, **kwargs)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_of(x)
-        loss.backward()
-        return loss
-
-    for _ in range(steps):
-        opt.step(closure)
+    train_on(opt, lambda: loss_of(x), steps)
     return x, opt
 
 
@@ -279,7 +266,7 @@ def test_reading_changes_nothing_and_training_is_identical_with_or_without_it():
 
 @pytest.mark.parametrize("quick_steps,warmup", [(0, 1), (3, 10), (1, 100), (7, 3)])
 def test_sampling_calls_counts_what_the_schedule_says(quick_steps, warmup):
-    from alice.schedule import is_sampling_step
+    from alice._scalars import is_sampling_step
 
     for calls in range(0, 130):
         expected = sum(is_sampling_step(n, warmup, quick_steps) for n in range(1, calls + 1))

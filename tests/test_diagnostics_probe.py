@@ -20,17 +20,13 @@ import torch
 
 from alice import Alice
 from alice.diagnostics import MODELS, ProbeReport, held_loss, probe
+from helpers import train_on
 
 D = 1000
 SIGMA = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _values(lo, hi, seed, n=D, dtype=torch.float32):
@@ -40,15 +36,7 @@ def _values(lo, hi, seed, n=D, dtype=torch.float32):
 
 def _train(loss_of, params, steps, **kwargs):
     opt = Alice(params, seed=0, **kwargs)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_of()
-        loss.backward()
-        return loss
-
-    for _ in range(steps):
-        opt.step(closure)
+    train_on(opt, loss_of, steps)
     return opt
 
 

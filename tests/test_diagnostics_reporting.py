@@ -16,12 +16,7 @@ from alice.diagnostics import diagnostics
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "diagnostics.md"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _quickstart() -> str:
@@ -128,6 +123,43 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "must be a positive number" in capsys.readouterr().err
     with pytest.raises(ValueError, match="Invalid task: 'nope'"):
         run_probe("nope")
+
+
+def test_cli_probe_with_adamw_reads_the_instrument_along_training(capsys, tmp_path):
+    from alice.diagnostics.cli import main
+
+    out = tmp_path / "p.json"
+    assert main(["probe", "--optimizer", "adamw", "--steps", "30", "--every", "15", "--cost", "economy",
+                 "--sigma", "0.02", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "30 steps of adamw (lr: relu 0.01, gelu 0.01, logreg (control) 0.003)" in text  # the tasks' defaults
+    assert "at sigma 0.02 every 15 steps" in text and "cost economy: 4 draws, overall only, no fit" in text
+    for label in ("glass_fraction [95%]", "H term / |D|", "verdict", "seconds reading"):
+        assert re.search(rf"^{re.escape(label)}\s", text, re.M)
+    assert "[gelu] the instrument after the last step" in text
+    assert re.search(r"^relu: glass makes \d+% \[\d+%, \d+%\] of the expected-loss curvature", text, re.M)
+    import json
+
+    runs = json.loads(out.read_text())
+    assert [r["column"] for r in runs] == ["relu", "gelu", "logreg (control)"]
+    assert [r["optimizer"] for r in runs] == ["adamw"] * 3
+    assert [[x["step"] for x in r["records"]] for r in runs] == [[15, 30]] * 3
+    assert all(x["sigma"] == 0.02 and x["draws"] == 4 for r in runs for x in r["records"])
+
+
+def test_cli_probe_instrument_settings_are_refused_where_they_do_not_apply():
+    from alice.diagnostics.cli import run_probe
+
+    with pytest.raises(ValueError, match="Invalid sigma: 0.1"):
+        run_probe(sigma=0.1)
+    with pytest.raises(ValueError, match="Invalid cost: 'full'"):
+        run_probe(cost="full")
+    with pytest.raises(ValueError, match="Invalid lengths"):
+        run_probe(optimizer="adamw", lengths=(1.0,))
+    with pytest.raises(ValueError, match="Invalid --optimizer: 'nadam'"):
+        run_probe(optimizer="nadam")
+    with pytest.raises(ValueError, match="disagree"):
+        run_probe(optimizer="adamw,lr=0.1", lr=0.2)
 
 
 def test_add_parser_wires_into_an_alice_parser():

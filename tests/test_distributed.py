@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from alice import Alice
+from helpers import train, train_closure_free
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(),
@@ -50,19 +51,6 @@ def problem():
     return model, x, y
 
 
-def train(model, opt, x, y, steps, nan_at=None):
-    """``steps`` Alice steps on ``(x, y)``; at step index ``nan_at`` the closure reports a NaN
-    loss (its gradients stay finite): a skip that only this process sees."""
-    for i in range(steps):
-        def closure():
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            return loss * float("nan") if i == nan_at else loss
-
-        opt.step(closure)
-
-
 def single(steps=STEPS, nan_at=None, seed=SEED):
     model, x, y = problem()
     opt = Alice(model.parameters(), seed=seed, **KWARGS)
@@ -70,13 +58,10 @@ def single(steps=STEPS, nan_at=None, seed=SEED):
     return model, opt
 
 
-def train_closure_free(model, x, y, calls):
+def closure_free(model, x, y, calls):
     """The closure-free mode: the loop runs backward and calls ``step()`` (ends in eval mode)."""
     opt = Alice(model.parameters(), seed=SEED, closure_free=True, **KWARGS)
-    for _ in range(calls):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
+    train_closure_free(model, opt, x, y, calls)
     opt.eval()
     return opt
 
@@ -168,7 +153,7 @@ def case_fsdp(rank, out: Path):
     first = snapshot(model, opt)
     train(model, opt, my_half(x, rank), my_half(y, rank), STEPS - 5, nan_at=2 if rank == 1 else None)
     free_model = shard(problem()[0])
-    free = train_closure_free(free_model, my_half(x, rank), my_half(y, rank), 20)
+    free = closure_free(free_model, my_half(x, rank), my_half(y, rank), 20)
     return {**snapshot(model, opt), "first": first, "shapes": shapes, "free": snapshot(free_model, free)}
 
 
@@ -283,7 +268,7 @@ def test_fsdp2_on_two_ranks_follows_one_process_and_skips_a_nan_seen_by_one_rank
         assert got["skipped"] == 1
         assert_matches(got, model, opt)
     model, x, y = problem()
-    opt = train_closure_free(model, x, y, 20)  # and the closure-free mode too
+    opt = closure_free(model, x, y, 20)  # and the closure-free mode too
     for got in results:
         assert_matches(got["free"], model, opt)
 

@@ -11,9 +11,11 @@ accelerate = pytest.importorskip("accelerate", reason="accelerate is an optional
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 
-from alice import Alice, ClosureError  # noqa: E402
+from alice import Alice, LoopError  # noqa: E402
 from alice.integrations.accelerate import alice_step, micro_batch_closure  # noqa: E402
-from _integrations_util import one_thread  # noqa: E402,F401
+from helpers import flat, linear_loader as loader, small_mlp as make_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -26,24 +28,8 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
-
-
-def loader(n=256, batch_size=32):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 4, generator=g)
-    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.1 * torch.randn(n, 1, generator=g)
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
-
-
 def mse(model):
     return lambda batch: nn.functional.mse_loss(model(batch[0]), batch[1])
-
-
-def flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def exact_run(accelerator, epochs=2, micro=1, max_grad_norm=None):
@@ -120,7 +106,7 @@ def fp16_accelerator(**kwargs):
 
 
 def test_fp16_loss_scaling_is_refused_in_closure_mode_with_the_fix():
-    with pytest.raises(ValueError, match="bf16.*closure_free=True"):
+    with pytest.raises(LoopError, match="bf16.*closure_free=True"):
         exact_run(fp16_accelerator())
 
 
@@ -139,20 +125,20 @@ def usual_loop(accelerator, opt_kwargs, epochs=3, accumulate=False):
 def test_fp16_loss_scaling_closure_free_trains():
     model, opt = usual_loop(fp16_accelerator(), dict(lr=5e-2, seed=0, closure_free=True), epochs=12)
     opt.eval()
-    x, y = next(iter(loader(n=256, batch_size=256)))
+    x, y = next(iter(loader(batch_size=256)))
     assert nn.functional.mse_loss(model(x), y).item() < 0.5 * nn.functional.mse_loss(make_model()(x), y).item()
 
 
 def test_accelerate_accumulation():
     kwargs = dict(gradient_accumulation_steps=2, cpu=True)
-    with pytest.raises(ValueError, match="gradient_accumulation_steps=2.*micro_batch_closure"):
+    with pytest.raises(LoopError, match="gradient_accumulation_steps=2.*micro_batch_closure"):
         exact_run(Accelerator(**kwargs))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     accelerator = Accelerator(**kwargs)  # closure mode inside accumulate(): refused by Alice itself
     model = make_model()
     model, opt, data = accelerator.prepare(model, Alice(model.parameters(), lr=1e-2, seed=0), loader())
-    with pytest.raises(ValueError, match="accumulate.*alice_step"):
+    with pytest.raises(LoopError, match="accumulate.*alice_step"):
         for batch in data:
             with accelerator.accumulate(model):
                 accelerator.backward(mse(model)(batch))

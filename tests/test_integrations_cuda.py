@@ -9,7 +9,7 @@ from torch import nn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-from alice import Alice  # noqa: E402
+from alice import Alice, LoopError  # noqa: E402
 
 
 def data(n=512, seed=1):
@@ -64,7 +64,7 @@ def test_lightning_16_mixed_on_cuda():
         trainer.fit(module, loader)
         return trainer
 
-    with pytest.raises(ValueError, match="bf16-mixed"):
+    with pytest.raises(LoopError, match="bf16-mixed"):
         fit(Module(closure_free=False))
     trainer = fit(Module(closure_free=True))
     assert trainer.precision_plugin.scaler is not None and trainer.optimizers[0].calls > 30
@@ -86,7 +86,7 @@ def test_accelerate_fp16_on_cuda():
     model, opt, loader = accelerator.prepare(model, Alice(model.parameters(), lr=5e-2, seed=0), loader)
     batch = next(iter(loader))
     loss_fn = lambda b: nn.functional.mse_loss(model(b[0]).float(), b[1])  # noqa: E731
-    with pytest.raises(ValueError, match="bf16"):
+    with pytest.raises(LoopError, match="bf16"):
         alice_step(accelerator, opt, micro_batch_closure(accelerator, loss_fn, [batch]))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
@@ -121,7 +121,7 @@ def test_hf_trainer_fp16_on_cuda(tmp_path):
                                               disable_tqdm=True, **kw)
 
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match="bf16=True"):
+    with pytest.raises(LoopError, match="bf16=True"):
         AliceTrainer(model=transformers.GPT2LMHeadModel(config), args=args(fp16=True), train_dataset=dataset).train()
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config)

@@ -11,9 +11,11 @@ pytest.importorskip("accelerate", reason="the Trainer needs accelerate (alice-op
 
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
 
-from alice import Alice, ClosureError  # noqa: E402
+from alice import Alice, ClosureError, LoopError  # noqa: E402
 from alice.integrations.hf import AliceTrainer, ClosureFreeCallback  # noqa: E402
-from _integrations_util import one_thread  # noqa: E402,F401
+from helpers import flat  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB, LENGTH = 32, 16
 
@@ -59,10 +61,6 @@ def mean_loss(model, data=Counting(64, seed=1)):
     with torch.no_grad():
         batch = torch.stack([data[i]["input_ids"] for i in range(len(data))])
         return model(input_ids=batch, labels=batch).loss.item()
-
-
-def flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def test_plain_trainer_with_closure_mode_alice_raises_naming_both_ways(tmp_path):
@@ -122,7 +120,7 @@ def test_fp16_loss_scaling_is_refused_with_the_fix(tmp_path):
     model = tiny_gpt2()
     trainer = AliceTrainer(model=model, args=args(tmp_path), train_dataset=Counting())
     trainer.accelerator.scaler = torch.amp.GradScaler("cpu")  # what fp16=True gives on a GPU
-    with pytest.raises(ValueError, match="bf16=True.*closure_free=True"):
+    with pytest.raises(LoopError, match="bf16=True.*closure_free=True"):
         trainer.train()
 
 

@@ -7,30 +7,12 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
-from alice import Alice, ClosureError
+from alice import Alice, ClosureError, LoopError
 from alice.integrations import ConsistentClip, at_center, find_alice
-from _integrations_util import one_thread  # noqa: E402,F401
+from helpers import closure_for, flat, linear_data as data, mse as loss_of, small_mlp as make_model
 
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
-
-
-def data(n=64, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    return x, x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.1 * torch.randn(n, 1, generator=g)
-
-
-def loss_of(model, x, y):
-    return nn.functional.mse_loss(model(x), y)
-
-
-def flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- closure mode refuses what it cannot do exactly, naming both fixes -------------------
@@ -53,7 +35,7 @@ def test_accumulation_before_closure_step_is_refused():
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
     x, y = data()
     loss_of(model, x[:32], y[:32]).backward()  # the usual torch accumulation, first micro-batch
-    with pytest.raises(ClosureError, match="inside the closure"):
+    with pytest.raises(LoopError, match="inside the closure"):
         opt.step(lambda: loss_of(model, x[32:], y[32:]).backward() or loss_of(model, x[32:], y[32:]))
 
 
@@ -149,13 +131,7 @@ def test_closure_free_with_the_same_batch_three_times_is_exact_alice():
     exact, free = make_model(), make_model()
     opt_exact = Alice(exact.parameters(), lr=1e-2, seed=0)
     opt_free = Alice(free.parameters(), lr=1e-2, seed=0, closure_free=True)
-
-    def closure():
-        opt_exact.zero_grad()
-        loss = loss_of(exact, x, y)
-        loss.backward()
-        return loss
-
+    closure = closure_for(opt_exact, exact, x, y)
     for _ in range(16):
         opt_exact.step(closure)
     opt_free.train()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from alice import _math, schedule as _schedule
+from alice import _math, _scalars as _schedule
 
 pos = st.floats(1e-6, 1e3)
 nonneg = st.floats(0.0, 1e3)

@@ -10,7 +10,6 @@ were), so the oracle uses all +1 signs and must agree with Alice to rounding.
 
 import functools
 import math
-from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -18,13 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alice import Alice
+from configs import CONFIGS, FUSED_CONFIGS, LR, PATHS, Config
+from helpers import closure_of, flat
+from reference import ReferenceAlice
 
-try:
-    from reference import ReferenceAlice
-except ImportError:  # tests/ imported as a package
-    from .reference import ReferenceAlice
-
-LR = 1e-2
 STEPS = 200
 SHAPES = [(3, 4), (7,), (2, 2, 2), (1,), (0, 3)]
 KINKS = 3
@@ -68,52 +64,13 @@ def gradient(points):
     return list(torch.autograd.grad(objective(xs), xs))
 
 
-@dataclass(frozen=True, eq=False)  # hashed by identity, for the cache
-class Case:
-    desc: str
-    kwargs: dict
-    lr_at: dict = field(default_factory=dict)  # {step: new lr, set before that step}
-
-
-CASES = [
-    Case("default", {}),
-    Case("hess_zero", dict(hess_comp="zero")),
-    Case("hess_rms", dict(hess_comp="rms")),
-    Case("no_glass", dict(grad_glass=False)),
-    Case("fixed", dict(limit_method="fixed")),
-    Case("fixed_bounds", dict(limit_method="fixed", lr_min=0.002, lr_max=0.015)),
-    Case("sgdm_bounds", dict(limit_method="sgdm", lr_min=0.6, lr_max=1.0)),
-    Case("adam_bounds", dict(lr_min=0.004, lr_max=0.03)),
-    Case("quick0", dict(quick_steps=0)),
-    Case("quick5", dict(quick_steps=5)),
-    Case("w1", dict(w1=0.01)),
-    Case("w2", dict(w2=0.3)),
-    Case("w1_w2_rms", dict(w1=0.005, w2=0.3, hess_comp="rms")),
-    Case("phi_omega", dict(phi=0.3, omega=0.7)),
-    Case("weight_decay", dict(weight_decay=0.5)),
-    Case("weight_decay_w2_lr_halves", dict(weight_decay=0.2, w2=0.3), lr_at={60: LR / 2}),
-    Case("betas_0.8_0.99", dict(betas=(0.8, 0.99))),
-    Case("betas_0.95_0.999", dict(betas=(0.95, 0.999), quick_steps=5)),
-    Case("lr_halves_scaled", dict(lr_min=0.004), lr_at={60: LR / 2}),
-    Case("lr_halves_unscaled", dict(lr_min=0.004, scale_bounds_with_lr=False), lr_at={60: LR / 2}),
-    Case("lr_changes_sgdm_rms", dict(limit_method="sgdm", lr_min=0.6, lr_max=1.0, hess_comp="rms"),
-         lr_at={60: LR / 2, 150: LR * 1.5}),
-]
-FUSED_CASES = ("default", "adam_bounds", "lr_halves_scaled")  # these share one compiled graph
-PATHS = {"foreach_default": {}, "single_tensor": dict(foreach=False), "fused": dict(fused=True)}
-
-
-def _flat(tensors):
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
-
-
 @functools.lru_cache(maxsize=None)
 def run_reference(case, steps=STEPS):
     ref = ReferenceAlice(X0, lr=LR, **case.kwargs)
     trajectory = []
     for n in range(1, steps + 1):
         ref.step(gradient, lr=case.lr_at.get(n))
-        trajectory.append(_flat(ref.mu))
+        trajectory.append(flat(ref.mu))
     return torch.stack(trajectory), ref
 
 
@@ -121,25 +78,17 @@ def run_alice(case, path, steps=STEPS):
     """Returns (params after each step, closure calls per step, params, optimizer)."""
     params = [torch.nn.Parameter(x.clone()) for x in X0]
     opt = Alice(params, lr=LR, seed=0, **case.kwargs, **path)
-    calls = [0]
-
-    @torch.enable_grad()
-    def closure():
-        calls[0] += 1
-        opt.zero_grad()
-        loss = objective(params)
-        loss.backward()
-        return loss
-
+    calls = []
+    closure = closure_of(opt, lambda: objective(params), counter=calls)
     trajectory, counts = [], []
     for n in range(1, steps + 1):
         if n in case.lr_at:
             for group in opt.param_groups:
                 group["lr"] = case.lr_at[n]
-        before = calls[0]
+        before = len(calls)
         opt.step(closure)
-        counts.append(calls[0] - before)
-        trajectory.append(_flat(params))
+        counts.append(len(calls) - before)
+        trajectory.append(flat(params))
     return torch.stack(trajectory), counts, params, opt
 
 
@@ -157,11 +106,11 @@ def _compile_available():
 
 
 PARAMS = [pytest.param(case, path, id=f"{case.desc}-{path}")
-          for case in CASES for path in ("foreach_default", "single_tensor")]
+          for case in CONFIGS for path in ("foreach_default", "single_tensor")]
 PARAMS += [pytest.param(case, "fused", id=f"{case.desc}-fused",
                         marks=pytest.mark.skipif(not _compile_available(),
                                                  reason="torch.compile is unavailable"))
-           for case in CASES if case.desc in FUSED_CASES]
+           for case in CONFIGS if case.desc in FUSED_CONFIGS]
 
 
 @pytest.mark.parametrize("case,path", PARAMS)
@@ -182,9 +131,9 @@ def test_parity_with_reference(case, path):
 @pytest.mark.parametrize("path", ["foreach_default", "single_tensor"])
 def test_warmup_is_exactly_ten_steps_at_beta1_0_9(path):
     steps = 16
-    traj, counts, _, _ = run_alice(Case("default", dict(betas=(0.9, 0.999), quick_steps=3)),
+    traj, counts, _, _ = run_alice(Config("default", dict(betas=(0.9, 0.999), quick_steps=3)),
                                    PATHS[path], steps=steps)
-    start = _flat(X0)
+    start = flat(X0)
     for n in range(10):
         assert torch.equal(traj[n], start), f"parameters moved during warm-up step {n + 1}"
     assert (traj[10] != start).all(), "some parameter did not move at step 11"
@@ -215,7 +164,7 @@ def configs(draw):
 @settings(max_examples=25, deadline=None)
 @given(kwargs=configs(), lr_change=st.sampled_from([None, 0.5, 2.0]))
 def test_random_configurations_match_the_reference(kwargs, lr_change):
-    case = Case("random", kwargs, lr_at={} if lr_change is None else {30: LR * lr_change})
+    case = Config("random", kwargs, lr_at={} if lr_change is None else {30: LR * lr_change})
     want, _ = run_reference(case, steps=60)
     got, _, _, _ = run_alice(case, PATHS["foreach_default"], steps=60)
     _assert_trajectories_match(got, want)
@@ -241,13 +190,7 @@ def test_param_groups_follow_their_own_settings():
 
         return grad_fn
 
-    @torch.enable_grad()
-    def closure():
-        opt.zero_grad()
-        loss = objective(params)
-        loss.backward()
-        return loss
-
+    closure = closure_of(opt, lambda: objective(params))
     for _ in range(STEPS):
         opt.step(closure)
         for idx, ref in refs.items():

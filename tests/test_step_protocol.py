@@ -1,49 +1,37 @@
-"""The step's protocol: gradients in Alice's buffers, refusals, skips and edits (issue 13)."""
+"""The step's protocol (issue 13): gradients in Alice's buffers, gradients and losses it refuses,
+parameters edited, frozen, unfrozen or converted between steps, half precision."""
 
 import copy
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from alice import Alice, ClosureError
+from alice import Alice, ClosureError, LoopError
+from helpers import all_equal, closure_for, closure_of, copies, mse, regression, same_state, train, train_closure_free, train_on
 
 
 def problem(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
-    x, y = torch.randn(32, 6, dtype=dtype), torch.randn(32, 1, dtype=dtype)
-    return model, x, y
+    return regression(6, 8, 1, rows=32, seed=seed, dtype=dtype)
 
 
-def closure_for(opt, model, x, y, zero="optimizer"):
-    def closure():
-        if zero == "optimizer":
-            opt.zero_grad()
-        elif zero == "model":
-            model.zero_grad()  # set_to_none: backward then allocates new gradients
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
-def train(zero, steps=17):
+def run(zero, steps=17):
+    """``steps`` steps whose closure zeroes the gradients by the optimizer, the model or not at all."""
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
-    closure = closure_for(opt, model, x, y, zero)
+    closure = closure_for(opt, model, x, y, zero=model if zero == "model" else zero)
     losses = [opt.step(closure).item() for _ in range(steps)]
     return model, opt, losses
 
 
 def test_gradients_live_in_the_optimizer_buffers_and_any_zeroing_gives_the_same_result():
-    runs = {zero: train(zero) for zero in ("optimizer", "model", "none")}
+    runs = {zero: run(zero) for zero in ("optimizer", "model", "none")}
     want = [p.detach() for p in runs["optimizer"][0].parameters()]
     for zero, (model, opt, losses) in runs.items():
-        assert all(torch.equal(a, b) for a, b in zip(want, model.parameters())), zero
+        assert all_equal(want, model.parameters()), zero
         assert losses == runs["optimizer"][2]
     model, opt, _ = runs["optimizer"]
     storages = {p.grad.untyped_storage().data_ptr() for p in model.parameters()}
@@ -55,11 +43,11 @@ def test_gradients_computed_before_step_are_refused_not_discarded():
     opt = Alice(model.parameters(), lr=1e-2, seed=0)
     closure = closure_for(opt, model, x, y)
     opt.step(closure)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     nn.functional.mse_loss(model(x), y).backward()  # a micro-batch accumulated by the loop
-    with pytest.raises(ClosureError, match="Accumulate inside the closure"):
+    with pytest.raises(LoopError, match="Accumulate inside the closure"):
         opt.step(closure)
-    assert opt.calls == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert opt.calls == 1 and all_equal(before, model.parameters())
     opt.zero_grad()  # the documented way out
     opt.step(closure)
     assert opt.calls == 2
@@ -72,7 +60,7 @@ def test_a_closure_that_returns_no_scalar_loss_is_refused_before_anything_change
     good = closure_for(opt, model, x, y)
     for _ in range(3):
         opt.step(good)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = copies(model)
     state = copy.deepcopy(opt.state_dict()["state"])
 
     def bad():
@@ -81,49 +69,8 @@ def test_a_closure_that_returns_no_scalar_loss_is_refused_before_anything_change
 
     with pytest.raises(ClosureError, match="must return the scalar loss"):
         opt.step(bad)
-    assert opt.calls == 3 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    after = opt.state_dict()["state"]
-    assert all(torch.equal(state[i][k], after[i][k]) for i in state for k in state[i] if k != "sampled")
-
-
-def test_a_closure_that_calls_step_again_is_refused():
-    model, x, y = problem()
-    opt = Alice(model.parameters(), lr=1e-2, seed=0)
-    good = closure_for(opt, model, x, y)
-
-    def reentrant():
-        opt.step(good)
-        return good()
-
-    before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ClosureError, match="inside its own closure"):
-        opt.step(reentrant)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-
-
-def test_a_huge_finite_gradient_skips_the_step_and_keeps_the_state_finite():
-    p = nn.Parameter(torch.tensor([0.5, -0.25]))
-    opt = Alice([p], lr=1e-2, seed=0)
-    scale = {"value": 1.0}
-
-    def closure():
-        opt.zero_grad()
-        loss = (scale["value"] * p).sum()  # gradient = scale: 1e30 squares to inf in float32
-        loss.backward()
-        return loss
-
-    for _ in range(12):
-        opt.step(closure)
-    before = p.detach().clone()
-    scale["value"] = 1e30
-    opt.step(closure)
-    with pytest.warns(RuntimeWarning, match="skipped 1 step"):
-        assert opt.skipped_steps == 1
-    assert torch.equal(p.detach(), before)
-    assert all(torch.isfinite(t).all() for t in opt.state[p].values())
-    scale["value"] = 1.0
-    opt.step(closure)
-    assert opt.steps == 12 + 1 and torch.isfinite(p).all()
+    assert opt.calls == 3 and all_equal(before, model.parameters())
+    assert same_state(state, opt.state_dict()["state"])
 
 
 def test_parameters_edited_between_steps_are_the_new_centre():
@@ -175,14 +122,7 @@ def test_half_precision_parameters_follow_the_float32_trajectory():
         p = nn.Parameter(torch.full((256,), 0.5, dtype=dtype))
         opt = Alice([p], lr=1e-3, seed=0)
 
-        def closure():
-            opt.zero_grad()
-            loss = ((p.float() - target) ** 2).sum()
-            loss.backward()
-            return loss
-
-        for _ in range(200):
-            opt.step(closure)
+        train_on(opt, lambda: ((p.float() - target) ** 2).sum(), 200)
         return p, opt
 
     p16, opt16 = run(torch.bfloat16)
@@ -206,8 +146,6 @@ def test_a_perturbation_below_half_precision_spacing_is_warned_about():
     layer = nn.LayerNorm(64).to(torch.bfloat16)
     with pytest.warns(RuntimeWarning, match=r"below half the torch.bfloat16 spacing for 100% .*autocast"):
         Alice(layer.parameters(), lr=1e-3)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Alice(layer.parameters(), lr=1e-2)  # 1 +- 1e-2 moves: no warning
@@ -220,21 +158,14 @@ def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(c
     the optimizer: the flat buffers follow, and the centre is kept."""
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0, closure_free=closure_free)
-    closure = closure_for(opt, model, x, y)
 
-    def train(n, x, y):
-        for _ in range(n):
-            if closure_free:
-                opt.zero_grad()
-                nn.functional.mse_loss(model(x), y).backward()
-                opt.step()
-            else:
-                opt.step(closure_for(opt, model, x, y))
+    def run(n, x, y):
+        (train_closure_free if closure_free else train)(model, opt, x, y, n)
 
-    train(12, x, y)
+    run(12, x, y)
     calls = opt.calls
     opt.eval()
-    mu = [p.detach().clone() for p in model.parameters()]
+    mu = copies(model)
     opt.train()
     G = [opt.state[p]["G"].clone() for p in model.parameters()]
     model.double()
@@ -244,5 +175,48 @@ def test_a_model_converted_after_the_optimizer_was_built_takes_its_state_along(c
     opt.zero_grad()  # (any call into the optimizer notices the move)
     assert all(opt.state[p]["G"].dtype == torch.float64 and torch.equal(opt.state[p]["G"], g.double())
                for p, g in zip(model.parameters(), G))
-    train(8, x.double(), y.double())
+    run(8, x.double(), y.double())
     assert opt.calls > calls and all(p.grad.dtype == torch.float64 for p in model.parameters())
+
+
+def test_frozen_and_unused_parameters_are_left_untouched():
+    used = nn.Linear(3, 1)
+    frozen = nn.Parameter(torch.ones(4), requires_grad=False)
+    unused = nn.Parameter(torch.ones(2))
+    opt = Alice([*used.parameters(), frozen, unused], lr=1e-2, seed=0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    closure = closure_of(opt, lambda: mse(used, x, y))
+    w0 = used.weight.detach().clone()
+    for _ in range(15):
+        opt.step(closure)
+    assert torch.equal(frozen, torch.ones(4)) and torch.equal(unused.detach(), torch.ones(2))
+    assert frozen not in opt.state  # never trainable: no state at all
+    assert opt.state[unused]["step"] == 0 and not opt.state[unused]["G"].any()  # never took part
+    assert not torch.equal(used.weight, w0)
+
+
+def test_freezing_a_parameter_inside_the_closure_waits_for_the_step_end():
+    model, x, y = regression(4, 8, 1, rows=16)
+    opt = Alice(model.parameters(), lr=1e-2, seed=3)
+    train(model, opt, x, y, 15)  # step 16 samples: three calls
+    before = copies(model)
+    state_before = opt.state[model[2].weight]["G"].clone()
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:  # between the evaluations at nu + sigma z and nu - sigma z
+            model[2].weight.requires_grad_(False)
+        opt.zero_grad()  # (would rebuild the buffers mid-step)
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert len(calls) == 3 and opt.steps == 16
+    assert torch.equal(model[2].weight, before[2])  # no gradient in every evaluation: left at mu
+    assert torch.equal(opt.state[model[2].weight]["G"], state_before)
+    assert not torch.equal(model[0].weight, before[0])
+    opt.step(closure)  # the layout change takes effect now
+    assert torch.equal(model[2].weight, before[2]) and opt.steps == 17

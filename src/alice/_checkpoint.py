@@ -1,5 +1,6 @@
-"""Validation of a state dict before anything is loaded from it.
+"""Alice's state dict: packed, validated, loaded, with torch's hooks run as torch runs them.
 
+:func:`pack` writes the dict (``Alice.state_dict``'s layout, documented there).
 :func:`parse_state_dict` checks every entry (structure, types, shapes, finite
 values, counts, hyperparameters) against the optimizer's parameters and
 returns what to load, already on each parameter's device and in its state
@@ -18,11 +19,85 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _scalars
 from . import distributed as _dist
-from . import schedule as _schedule
-from .state import AVERAGES, AliceState, state_dtype
+from ._math import AVERAGES, state_dtype
+from .state import AliceState
+
+__all__ = ["FORMAT", "Loaded", "load", "pack", "parse_state_dict", "with_load_hooks", "with_save_hooks"]
+
+FORMAT = 2
+"""Version of the state dict layout (1: ``nu`` per parameter and counters under ``"alice"``)."""
 
 _GROUP_COUNTERS = ("seed", "calls", "skipped_steps", "phase", "pending_sigma")
+
+
+def with_save_hooks(opt, pack_fn) -> dict:
+    """``pack_fn()`` between ``opt``'s state-dict pre- and post-hooks, as
+    ``torch.optim.Optimizer.state_dict`` runs them."""
+    for hook in opt._optimizer_state_dict_pre_hooks.values():
+        hook(opt)
+    state_dict = pack_fn()
+    for hook in opt._optimizer_state_dict_post_hooks.values():
+        result = hook(opt, state_dict)
+        if result is not None:
+            state_dict = result
+    return state_dict
+
+
+def with_load_hooks(opt, state_dict: Any, load_fn) -> None:
+    """``load_fn(state_dict)`` between ``opt``'s load pre- and post-hooks, as
+    ``torch.optim.Optimizer.load_state_dict`` runs them (on a shallow copy of the dict)."""
+    if isinstance(state_dict, dict):
+        state_dict = state_dict.copy()
+    for hook in opt._optimizer_load_state_dict_pre_hooks.values():
+        result = hook(opt, state_dict)
+        if result is not None:
+            state_dict = result
+    load_fn(state_dict)
+    for hook in opt._optimizer_load_state_dict_post_hooks.values():
+        hook(opt)
+
+
+def pack(param_groups: list[dict], state: AliceState, per_param: dict, *, seed: int, calls: int, skipped: int,
+         quick_steps: int, warmup_steps: int, pending=None) -> dict[str, Any]:
+    """The state dict of an optimizer with these groups and ``state`` (``per_param`` is
+    its ``opt.state``); ``pending``, a closure-free step in progress, adds what it needs."""
+    index = {id(p): i for i, p in enumerate(p for g in param_groups for p in g["params"])}
+    packed_groups = []
+    for group in param_groups:
+        packed = {k: v for k, v in group.items() if k != "params"}
+        packed.update(seed=seed, calls=calls, skipped_steps=skipped)
+        packed["params"] = [index[id(p)] for p in group["params"]]
+        packed_groups.append(packed)
+    sampled = {id(p): b.sampled[k] for b in state.buckets for k, p in enumerate(b.params)}
+    sampled.update((pid, r["sampled"]) for pid, r in state.frozen.items())
+    entries = {
+        index[id(p)]: {**{k: v.clone() for k, v in entry.items()}, "sampled": sampled[id(p)]}
+        for p, entry in per_param.items()
+    }
+    if pending is not None:
+        pending.save(entries, index, packed_groups)
+    return {
+        "state": entries,
+        "param_groups": packed_groups,
+        "alice": {"format": FORMAT, "quick_steps": quick_steps, "warmup_steps": warmup_steps},
+    }
+
+
+def load(state: AliceState, loaded: Loaded) -> None:
+    """Copy ``loaded``'s records into ``state``'s buckets (already rebuilt for the loaded
+    groups); a trainable parameter without a record gets a fresh optimizer's state (as
+    torch loads it); frozen parameters' records wait in ``state.frozen``."""
+    fresh = state.new_cohort()
+    for b in state.buckets:
+        for k, p in enumerate(b.params):
+            if id(p) in loaded.records:
+                AliceState.restore(b, k, loaded.records[id(p)])
+            else:
+                AliceState.reset(b, k, fresh)
+    training = {id(p) for b in state.buckets for p in b.params}
+    state.frozen = {pid: r for pid, r in loaded.records.items() if pid not in training}
 
 
 @dataclass
@@ -96,7 +171,7 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
         _fail(f"it has {len(saved_groups)} param groups but this optimizer has {len(param_groups)}")
     if "quick_steps" in alice:
         try:
-            quick_steps = _schedule.check_quick_steps(alice["quick_steps"])
+            quick_steps = _scalars.check_quick_steps(alice["quick_steps"])
         except ValueError as err:
             _fail(str(err))
     groups, id_to_param = [], {}
@@ -112,9 +187,9 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
         missing = [k for k in group if k not in loaded and k != "params"]
         if missing:
             _fail(f"param group {i} lacks {missing}")
-        loaded.setdefault("lr0", _schedule.as_float(loaded["lr"]))
+        loaded.setdefault("lr0", _scalars.as_float(loaded["lr"]))
         try:
-            _schedule.check_group(loaded, quick_steps, where=f"param group {i}: ")
+            _scalars.check_group(loaded, quick_steps, where=f"param group {i}: ")
         except ValueError as err:
             _fail(str(err))
         groups.append({**loaded, "params": group["params"]})
@@ -124,7 +199,7 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
     if skipped > calls:
         _fail(f"skipped_steps is {skipped} but only {calls} steps were called")
 
-    records, classes = {}, {}
+    records, cohorts = {}, {}
     for pid, entry in state_dict["state"].items():
         p = id_to_param.get(pid)
         if p is None:
@@ -160,12 +235,12 @@ def parse_state_dict(state_dict: Any, param_groups: list[dict], quick_steps: int
         if not isinstance(sampled, bool):
             _fail(f"'sampled' of parameter id {pid!r} is {sampled!r} (must be a bool)")
         record.update(step=torch.tensor(float(step), dtype=torch.float64, device=p.device), sampled=sampled,
-                      history=classes.setdefault((step, sampled), state.new_class()))
+                      cohort=cohorts.setdefault((step, sampled), state.new_cohort()))
         records[id(p)] = record
     phase = saved_groups[0].get("phase", "center") if saved_groups else "center"
     if phase not in ("plus", "minus", "center"):
         _fail(f"phase is {phase!r} (must be 'plus', 'minus' or 'center')")
-    sigmas = [s.get("pending_sigma", _schedule.as_float(g["lr"])) for s, g in zip(saved_groups, groups)]
+    sigmas = [s.get("pending_sigma", _scalars.as_float(g["lr"])) for s, g in zip(saved_groups, groups)]
     if any(not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in sigmas):
         _fail(f"pending_sigma is {sigmas!r} (must be finite numbers >= 0)")
     return Loaded(groups, records, quick_steps, seed, calls, skipped, phase, sigmas)

@@ -21,6 +21,8 @@ import functools
 import sys
 from typing import Any
 
+from .errors import LoopError
+
 __all__ = ["check_lightning_trainer", "lightning_trainer", "refuse_framework_loops"]
 
 FIX_FREE = "or build the optimizer with Alice(..., closure_free=True) (an approximation; see docs/integrations.md)"
@@ -41,12 +43,12 @@ def _caller(frame: Any, filename_end: str, function: str) -> Any:
 
 
 def refuse_framework_loops(closure: Any, first: bool) -> None:
-    """Raise ``ValueError`` with the fix when a framework passed ``closure`` to a
+    """Raise :class:`alice.LoopError` with the fix when a framework passed ``closure`` to a
     closure-mode Alice in a way that cannot be exact (see the module doc); ``first``:
     this is the optimizer's first step (the Lightning Trainer is checked then)."""
     frame = sys._getframe(2)  # above Alice.step and its no_grad wrapper
     if _caller(frame, "amp/grad_scaler.py", "_maybe_opt_step") is not None:
-        raise ValueError(
+        raise LoopError(
             "Alice.step(closure) was called through torch.amp.GradScaler.step(optimizer, closure): the "
             "closure's backward would give Alice gradients multiplied by the loss scale, which the scaler "
             "unscales only outside the closure. With a GradScaler, build the optimizer with "
@@ -57,7 +59,7 @@ def refuse_framework_loops(closure: Any, first: bool) -> None:
     if accelerated is not None:
         steps = getattr(getattr(accelerated.f_locals.get("self"), "gradient_state", None), "num_steps", 1)
         if isinstance(steps, int) and steps > 1:
-            raise ValueError(
+            raise LoopError(
                 f"Alice.step(closure) inside accelerator.accumulate() with gradient_accumulation_steps={steps}: "
                 "Accelerate calls the optimizer only on the syncing micro-batch, so the other micro-batches "
                 "would be dropped. Leave gradient_accumulation_steps at 1 and pass all micro-batches to one "
@@ -83,20 +85,20 @@ def lightning_trainer(closure: Any) -> Any:
 
 
 def check_lightning_trainer(trainer: Any, clipping_handled: bool = False) -> None:
-    """Raise ``ValueError`` with the fix when ``trainer`` (a Lightning Trainer) would
+    """Raise :class:`alice.LoopError` with the fix when ``trainer`` (a Lightning Trainer) would
     run a closure-mode Alice wrongly: 16-mixed loss scaling, ``accumulate_grad_batches
     > 1``, or Lightning's own gradient clipping (``clipping_handled``: an
     ``AliceCallback`` clips every evaluation by one factor instead)."""
     scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
     if scaler is not None:
-        raise ValueError(
+        raise LoopError(
             f"Alice cannot run with precision={trainer.precision!r} (loss scaling with a GradScaler): "
             "Lightning then evaluates the closure once itself and calls optimizer.step() without it, "
             "so Alice cannot re-evaluate at its perturbed points. Use precision='bf16-mixed' "
             f"(no loss scaling) or '32-true', {FIX_FREE}."
         )
     if getattr(trainer, "accumulate_grad_batches", 1) > 1:
-        raise ValueError(
+        raise LoopError(
             f"Alice cannot run with accumulate_grad_batches={trainer.accumulate_grad_batches}: Lightning "
             "computes the earlier micro-batches' gradients outside the closure Alice evaluates. Use a "
             "larger batch (or loop over micro-batches inside training_step with manual optimisation), "
@@ -104,7 +106,7 @@ def check_lightning_trainer(trainer: Any, clipping_handled: bool = False) -> Non
         )
     clip = getattr(trainer, "gradient_clip_val", None)
     if clip and not clipping_handled:
-        raise ValueError(
+        raise LoopError(
             f"Alice with gradient_clip_val={clip!r}: Lightning would clip the three gradients of a "
             "sampling step each by its own norm, which corrupts Alice's curvature estimates. Set "
             "gradient_clip_val=None and pass callbacks=[AliceCallback(gradient_clip_val=...)], which "

@@ -1,10 +1,9 @@
 r"""The elementwise formulas of the Alice update, as pure functions.
 
-Every function here takes tensors (or anything that behaves like one under
-torch's operators and ``torch.where``/``torch.sqrt``, such as the
-:class:`alice._foreach.TensorList` of the multi-tensor path) and scalars or
-0-d tensors, and returns new values. None of them knows about parameters,
-state dicts or closures.
+Every function here takes tensors (flat 1-D runs of the state, or any tensors
+of one shape) and scalars or 0-d tensors, and returns new values; only
+:func:`update_` writes, in place, into the :class:`Elements` it is given. None
+of them knows about parameters, state dicts or closures.
 
 Symbols (arXiv 2411.16914; ``docs/alice-update.md``):
 
@@ -19,27 +18,59 @@ Symbols (arXiv 2411.16914; ``docs/alice-update.md``):
         \quad\text{(glass density, averaged into } R), \\
     A &\leftarrow x + b\,(A - x) \quad\text{(averaging rule)}.
 
-The move minimises, per element, the expected-loss model
+The move minimises, per element, the expected-loss model :math:`m(t)` of
+``docs/alice-update.md`` ("The move"; written out only there): :func:`optimal_step`
+is its minimiser, bounded by :func:`step_length`, signed against ``G`` by
+:func:`signed_step` and taken from the centre by :func:`update_`.
 
-.. math::
-
-    m(t) = -|g|\,t + \tfrac{1}{2} h\,t^2 + c \sqrt{\rho}\, t^{3/2},
-    \qquad c = \sqrt{2 / (3\pi)},
-
-over :math:`t \ge 0`; with :math:`\alpha = \frac{3}{4\pi}\,\rho / (|g| + \epsilon)`
-the minimiser is :math:`t^* = |g| / (\alpha + h + \sqrt{\alpha(\alpha + 2h)})`
-(``eps`` added to the denominator as a guard). The step is then bounded,
-signed against ``g``, and taken from the centre :math:`\mu`:
-:math:`\nu = \mu + \omega\,s`, :math:`\mu = \mu + \phi\,s`.
+A new curvature term is a new field of :class:`Elements` (its average, kept by
+``alice.state`` and checkpointed under the field's name) and a new formula here:
+see ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
-from .schedule import effective_beta
+from ._scalars import effective_beta
+
+
+class Elements(NamedTuple):
+    """The per-element state one update reads and writes, named by the spec's symbols
+    (1-D tensors of one length, in the state dtype)."""
+
+    mu: Tensor  # the centre
+    offset: Tensor  # nu - mu: the look-ahead's offset from the centre
+    G: Tensor  # average of the (regularised) gradient
+    V: Tensor  # average of its square
+    H: Tensor  # average of the Hessian-magnitude sample
+    R: Tensor  # average of the glass-density sample
+
+    def cut(self, a: int, b: int) -> Elements:
+        """Elements ``a .. b - 1`` of every field."""
+        return Elements(*(t[a:b] for t in self))
+
+
+class Gradients(NamedTuple):
+    """The gradients of one step: at ``nu`` and, on a sampling step, at ``nu +- sigma z``
+    (``None`` on a quick step). Any floating dtype (the parameters')."""
+
+    g0: Tensor
+    gp: Tensor | None = None
+    gm: Tensor | None = None
+
+    def cut(self, a: int, b: int) -> Gradients:
+        return Gradients(*(None if t is None else t[a:b] for t in self))
+
+
+STATE_KEYS = Elements._fields[1:]
+"""The per-element state kept for every parameter (the centre ``mu`` is the parameter
+itself, kept apart only for half-precision parameters)."""
+AVERAGES = STATE_KEYS[1:]
 
 GLASS = 3.0 / (4.0 * math.pi)
 """Constant of the glass term in the optimal step: alpha = GLASS * rho / |g|."""
@@ -115,13 +146,18 @@ def bound(step, lower, upper):
     return torch.where(step < upper, torch.clamp_min(step, lower), upper)
 
 
-def signed_step(G, V, H, R, *, eps, tau1, tau2, hess_comp, grad_glass, limit_method):
-    """The bounded step, signed to descend along ``-G``."""
+def step_length(G, V, H, R, *, eps, tau1, tau2, hess_comp, grad_glass, limit_method):
+    """``(t, lower, upper)``: the expected-loss model's step length ``t`` (unbounded) and
+    its bounds ``[tau1, tau2]`` times the limit method's unit."""
     g_abs = G.abs()
-    rho = R if grad_glass else 0.0
-    step = optimal_step(g_abs, rho, curvature(H, hess_comp), eps)
+    t = optimal_step(g_abs, R if grad_glass else 0.0, curvature(H, hess_comp), eps)
     scale = step_scale(g_abs, V, eps, limit_method)
-    step = bound(step, tau1 * scale, tau2 * scale)
+    return t, tau1 * scale, tau2 * scale
+
+
+def signed_step(G, V, H, R, **scalars):
+    """The bounded step, signed to descend along ``-G`` (``scalars`` as :func:`step_length`)."""
+    step = bound(*step_length(G, V, H, R, **scalars))
     return torch.where(G > 0, -step, step)
 
 
@@ -132,19 +168,28 @@ def evaluation_point(mu, offset, scale, signs):
     return nu if signs is None else nu + scale * signs
 
 
-def recentre(mu, held):
+def vanishing_perturbation(sigma, mu, dtype):
+    """1.0 where ``mu +- sigma`` rounds back to ``mu`` in ``dtype`` (``sigma`` below half
+    the spacing of ``dtype``'s values around ``mu``), else 0.0."""
+    exponent = torch.frexp(mu).exponent
+    spacing = torch.where(mu == 0, 0.0, torch.ldexp(torch.ones_like(mu), exponent - 1)) * torch.finfo(dtype).eps
+    return (sigma < spacing / 2).float()
+
+
+def recentre(mu, centre):
     """The float32 centre of half-precision parameters after an edit: ``mu`` where the
     parameter still holds its rounding, else the parameter's new value."""
-    return torch.where(held == mu.to(held.dtype), mu, held.to(mu.dtype))
+    return torch.where(centre == mu.to(centre.dtype), mu, centre.to(mu.dtype))
 
 
-def samples_finite(g0, gp, gm, *, sigma, w2, hess_comp):
+def samples_finite(grads: Gradients, *, sigma, w2, hess_comp):
     """Whether every sample the step would average is finite (a 0-d bool tensor).
 
     Covers non-finite gradients and finite ones whose square or curvature sample
     overflows (a float32 gradient of 1e30): the spec skips such steps. Given finite
     samples, the averages and the move stay finite.
     """
+    g0, gp, gm = grads
     g0 = g0.to(state_dtype(g0.dtype))
     ok = torch.isfinite(g0 * g0).all()
     if gp is not None:
@@ -155,29 +200,31 @@ def samples_finite(g0, gp, gm, *, sigma, w2, hess_comp):
 
 
 def update_(
-    mu, offset, G, V, H, R, g0, gp, gm, out, *, n, ok, move, check,
+    state: Elements, grads: Gradients, out, *, n, ok, move, check,
     sigma, beta1, beta2, beta3, eps, w1, w2, phi, omega, tau1, tau2, hess_comp, grad_glass, limit_method,
     decay=0.0,
 ):
-    """One Alice step on elementwise operands, written in place and only where ``ok``.
+    """One Alice step on elementwise operands, written in place into ``state`` and only
+    where ``ok``.
 
-    ``mu`` is the centre and ``offset = nu - mu`` (state dtype); ``G, V, H, R`` the
-    averages; ``g0`` the gradient at ``nu`` and ``gp, gm`` those at ``nu +- sigma z``
-    (``None`` on a quick step), in any floating dtype. ``n`` is the number of
-    steps these elements took part in before this one and ``ok`` whether the step
-    is taken (both 0-d tensors, so the decision never leaves the device). With
-    ``move`` the centre and the look-ahead move by the bounded step, else (warm-up)
-    they stay; a move first shrinks the centre by the decoupled weight decay,
+    ``grads`` are the gradients at ``nu`` (and at ``nu +- sigma z`` on a sampling step).
+    ``n`` is the number of steps these elements took part in before this one and ``ok``
+    whether the step is taken (both 0-d tensors, so the decision never leaves the
+    device). With ``move`` the centre and the look-ahead move by the bounded step, else
+    (warm-up) they stay; a move first shrinks the centre by the decoupled weight decay,
     ``mu - decay * mu`` (``decay = lr * weight_decay``; skipped when it is the number 0,
-    so trajectories without decay are bit-for-bit unchanged). ``out`` (or ``None``) receives the new centre in the parameters'
-    dtype. With ``check``, ``ok`` is first narrowed by :func:`samples_finite` of these
-    gradients (one compiled graph then decides and writes). Returns the ``ok`` used.
+    so trajectories without decay are bit-for-bit unchanged). ``out`` (or ``None``)
+    receives the new centre in the parameters' dtype. With ``check``, ``ok`` is first
+    narrowed by :func:`samples_finite` of these gradients (one compiled graph then
+    decides and writes). Returns the ``ok`` used.
     """
     if check:
-        ok = ok & samples_finite(g0, gp, gm, sigma=sigma, w2=w2, hess_comp=hess_comp)
+        ok = ok & samples_finite(grads, sigma=sigma, w2=w2, hess_comp=hess_comp)
+    mu, offset, G, V, H, R = state
     n = n + 1
     keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
     dtype = G.dtype
+    g0, gp, gm = grads
     g0 = g0.to(dtype)
     if gp is not None:
         gp, gm = gp.to(dtype), gm.to(dtype)

@@ -31,13 +31,14 @@ from torch import Tensor
 
 from . import _math
 from ._rademacher import rademacher
-from .schedule import StepScalars
+from ._math import Elements, Gradients
+from ._scalars import StepScalars
 from . import kernels
 
-__all__ = ["FUSED_MIN_NUMEL", "alice_", "point_", "samples_ok", "use_fused"]
+__all__ = ["CPU_SLICE", "FUSED_MIN_NUMEL", "Elements", "Gradients", "alice_", "point_", "samples_ok", "use_fused"]
 
 FUSED_MIN_NUMEL = 1 << 20
-_CPU_SLICE = 1 << 18
+CPU_SLICE = 1 << 18
 """On CPU the flat path runs in slices of this many elements: the formulas'
 temporaries then stay in cache (1.2-1.8x faster than whole buffers)."""
 
@@ -57,7 +58,7 @@ def _slices(numel: int, device: torch.device, segments, foreach: bool | None):
     if foreach is False and segments is not None:
         return segments
     if device.type == "cpu":
-        return [(a, min(a + _CPU_SLICE, numel)) for a in range(0, max(numel, 1), _CPU_SLICE)]
+        return [(a, min(a + CPU_SLICE, numel)) for a in range(0, max(numel, 1), CPU_SLICE)]
     return [(0, numel)]
 
 
@@ -66,32 +67,31 @@ def _cut(t, a, b):
 
 
 def alice_(
-    mu: Tensor, offset: Tensor, G: Tensor, V: Tensor, H: Tensor, R: Tensor,
-    grad: Tensor, grad_plus: Tensor | None, grad_minus: Tensor | None, *,
-    n: Tensor, ok: Tensor, move: bool, scalars: StepScalars, out: Tensor | None = None, check: bool = False,
-    segments: list[tuple[int, int]] | None = None, foreach: bool | None = None, fused: bool | None = None,
+    state: Elements, grads: Gradients, *, n: Tensor, ok: Tensor, move: bool, scalars: StepScalars,
+    out: Tensor | None = None, check: bool = False, segments: list[tuple[int, int]] | None = None,
+    foreach: bool | None = None, fused: bool | None = None,
 ) -> Tensor:
     """Average the gradients into ``G, V`` (and ``H, R`` on a sampling step) and move.
 
-    All tensors are 1-D and of one length: ``mu`` the centre and ``offset`` the
-    look-ahead's offset ``nu - mu`` (state dtype), the averages, the gradient at
-    ``nu`` and, on a sampling step, those at ``nu +- sigma z`` (else ``None``).
-    ``n`` (0-d) counts the steps these elements took part in, ``ok`` (0-d bool)
-    says whether this one is taken: every write is predicated on it, so a skip
-    needs no host sync. ``out`` (optional) receives the new centre in the
-    parameters' dtype. ``segments`` are the parameters' ``(start, stop)`` within
-    the run, for the single-tensor path. With ``check``, ``ok`` is narrowed first by
+    ``state`` holds 1-D tensors of one length (the centre ``mu``, the look-ahead's
+    offset ``nu - mu`` and the averages, in the state dtype); ``grads`` the gradient
+    at ``nu`` and, on a sampling step, those at ``nu +- sigma z``, of the same length.
+    ``n`` (0-d) counts the steps these elements took part in, ``ok`` (0-d bool) says
+    whether this one is taken: every write is predicated on it, so a skip needs no
+    host sync. ``out`` (optional) receives the new centre in the parameters' dtype.
+    ``segments`` are the parameters' ``(start, stop)`` within the run, for the
+    single-tensor path. With ``check``, ``ok`` is narrowed first by
     :func:`samples_ok` of these gradients. Returns the ``ok`` used.
     """
     kwargs = dict(scalars.__dict__, n=n, ok=ok, move=move, check=check)
-    tensors = (mu, offset, G, V, H, R, grad, grad_plus, grad_minus, out)
+    mu = state.mu
     if use_fused(fused, mu.numel(), mu.device, foreach):
-        return kernels.update_(tensors, kwargs)
+        return kernels.update_(state, grads, out, kwargs)
     pieces = _slices(mu.numel(), mu.device, segments, foreach)
     if check and len(pieces) > 1:  # the decision must cover every piece before any is written
-        kwargs.update(check=False, ok=ok & samples_ok(grad, grad_plus, grad_minus, scalars=scalars, foreach=foreach))
+        kwargs.update(check=False, ok=ok & samples_ok(grads, scalars=scalars, foreach=foreach))
     for a, b in pieces:
-        used = _math.update_(*(_cut(t, a, b) for t in tensors), **kwargs)
+        used = _math.update_(state.cut(a, b), grads.cut(a, b), _cut(out, a, b), **kwargs)
     return used
 
 
@@ -112,16 +112,13 @@ def point_(
 
 
 def samples_ok(
-    grad: Tensor, grad_plus: Tensor | None, grad_minus: Tensor | None, *, scalars: StepScalars,
-    foreach: bool | None = None, fused: bool | None = None,
+    grads: Gradients, *, scalars: StepScalars, foreach: bool | None = None, fused: bool | None = None,
 ) -> Tensor:
     """A 0-d bool tensor on the gradients' device: whether every sample of the step
     is finite (``alice._math.samples_finite``). Nothing is read back to the host."""
     kwargs = dict(sigma=scalars.sigma, w2=scalars.w2, hess_comp=scalars.hess_comp)
-    if use_fused(fused, grad.numel(), grad.device, foreach):
-        return kernels.samples_finite(grad, grad_plus, grad_minus, kwargs)
-    oks = [
-        _math.samples_finite(grad[a:b], _cut(grad_plus, a, b), _cut(grad_minus, a, b), **kwargs)
-        for a, b in _slices(grad.numel(), grad.device, None, foreach)
-    ]
+    g0 = grads.g0
+    if use_fused(fused, g0.numel(), g0.device, foreach):
+        return kernels.samples_finite(grads, kwargs)
+    oks = [_math.samples_finite(grads.cut(a, b), **kwargs) for a, b in _slices(g0.numel(), g0.device, None, foreach)]
     return oks[0] if len(oks) == 1 else torch.stack(oks).all()

@@ -1,15 +1,11 @@
 """``AliceState``: the optimizer state as flat buffers with per-parameter views.
 
 The trainable parameters of each (param group, device, dtype) share one
-:class:`Bucket`: one contiguous buffer per state quantity, in the state dtype
-(float32 for half-precision parameters, else the parameters' own):
-
-* ``offset``: the look-ahead's offset ``nu - mu`` (the parameter holds ``mu``);
-* ``G, V, H, R``: the averages of the gradient, its square, the Hessian
-  magnitude and the glass density (``docs/alice-update.md``);
-* ``mu``: the float32 centre, for half-precision parameters only;
-
-20 bytes per element in float32 (24 with ``mu``), plus a count per parameter
+:class:`Bucket`: one contiguous buffer per field of :class:`alice._math.Elements`
+(``offset = nu - mu`` and the averages ``G, V, H, R``; the centre ``mu`` is the
+parameter itself, and a buffer of its own, float32, for half-precision parameters
+only), in the state dtype (float32 for half-precision parameters, else the
+parameters' own): 20 bytes per element in float32 (24 with ``mu``), plus a count per parameter
 (``step``: the steps it took part in, on its device, so that a skip decided
 on the device needs no host sync). Each parameter's ``opt.state[p]`` holds
 views of its slices, as torch optimizers keep per-parameter tensors.
@@ -17,7 +13,7 @@ views of its slices, as torch optimizers keep per-parameter tensors.
 Working buffers, in the parameters' dtype: ``grads`` (each ``p.grad`` is a
 tensor over its slice, so backward writes straight into the kernels' input),
 ``plus``/``minus`` (the gradients at ``nu +- sigma z`` of a sampling step) and
-``held`` (the parameters gathered at the start of a step: the centre ``mu``
+``centre`` (the parameters gathered at the start of a step: the centre ``mu``
 itself for float32/float64).
 
 Storing ``nu - mu`` instead of ``nu`` makes the spec's rule for edited
@@ -36,18 +32,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from ._math import state_dtype
-
 from . import distributed as _dist
+from ._math import AVERAGES, STATE_KEYS, Elements, Gradients, state_dtype
 
-__all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "state_dtype"]
-
-AVERAGES = ("G", "V", "H", "R")
-STATE_KEYS = ("offset", *AVERAGES)
-"""Per-element state of every parameter; half-precision parameters add ``"mu"``."""
+__all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "Skips"]
 
 
 def _over(flat: Tensor, start: int, like: Tensor) -> Tensor:
@@ -69,22 +62,21 @@ class Bucket:
 
     group: int
     params: list[Tensor]
-    indices: list[int]  # each parameter's position in the optimizer (over all groups)
     starts: list[int]  # each parameter's start in the flat buffers; starts[-1] = numel
     base: int  # global index of the first element (for the signs)
     buffers: dict[str, Tensor]
     counts: Tensor  # float64, one per parameter: steps it took part in
     grads: Tensor
-    held: Tensor
+    centre: Tensor  # the parameters as gathered at the step's start (mu, in their dtype)
     grad_tensors: list[Tensor] = field(default_factory=list)
-    held_views: list[Tensor] = field(default_factory=list)
+    centre_views: list[Tensor] = field(default_factory=list)
     offset_views: list[Tensor] = field(default_factory=list)
     written: list[tuple[int, int]] = field(default_factory=list)  # params' (version, data_ptr) as last written
     plus: Tensor | None = None
     minus: Tensor | None = None
-    history: list[int] = field(default_factory=list)  # participation class (host)
+    cohort: list[int] = field(default_factory=list)  # parameters with equal counts share one (host)
     sampled: list[bool] = field(default_factory=list)  # took part in a sampling step (host)
-    seen: list = field(default_factory=list)  # each p.grad and its version at last look
+    grad_marks: list = field(default_factory=list)  # each p.grad and its version at last look
     shapes: list[torch.Size] = field(default_factory=list)  # each parameter's local shape
     sharded: bool = False  # whether any parameter is a DTensor
     full_numel: int = 0  # elements of the unsharded parameters (the next bucket's base follows them)
@@ -107,7 +99,17 @@ class Bucket:
     def mu(self) -> Tensor:
         """The centre in the state dtype: the float32 state of half-precision
         parameters, else the gathered parameters themselves."""
-        return self.buffers.get("mu", self.held)
+        return self.buffers.get("mu", self.centre)
+
+    def elements(self, a: int, b: int) -> Elements:
+        """The state of elements ``a .. b - 1``, by name, as the update takes it."""
+        return Elements(self.mu[a:b], *(self.buffers[key][a:b] for key in STATE_KEYS))
+
+    def gradients(self, a: int, b: int, sampling: bool) -> Gradients:
+        """The gradients of elements ``a .. b - 1`` (with those at ``nu +- sigma z`` if ``sampling``)."""
+        if sampling:
+            return Gradients(self.grads[a:b], self.plus[a:b], self.minus[a:b])
+        return Gradients(self.grads[a:b])
 
     def views(self, flat: Tensor) -> list[Tensor]:
         return [flat[a:b].view(shape) for shape, a, b in zip(self.shapes, self.starts, self.starts[1:])]
@@ -130,41 +132,51 @@ class Bucket:
         only where ``p.grad`` is None: a gradient already there is the user's). A
         sharded parameter's gradient is set to None instead (with ``clear``), so that
         FSDP2 does not accumulate onto it; either way what is there now is seen."""
+        if self.sharded:
+            for p, g in zip(self.params, self.grad_tensors):
+                if _dist.is_dtensor(p):  # a DTensor's gradient is FSDP's: copied in
+                    if force and clear:
+                        p.grad = None
+                elif p.grad is not g and (force or p.grad is None):
+                    p.grad = g
+            self.grad_marks = [None if p.grad is None else (p.grad, _dist.local_tensor(p.grad)._version)
+                               for p in self.params]
+            return
+        # (the hot path, once per evaluation: per-tensor Python kept to attribute reads)
         for p, g in zip(self.params, self.grad_tensors):
-            if self.sharded and _dist.is_dtensor(p):  # a DTensor's gradient is FSDP's: copied in
-                if force and clear:
-                    p.grad = None
-            elif p.grad is not g and (force or p.grad is None):
+            if p.grad is not g and (force or p.grad is None):
                 p.grad = g
-        self.seen = [_grad_mark(p.grad, self.sharded) for p in self.params]
+        self.grad_marks = [(g, g._version) for g in self.grad_tensors] if force else [
+            None if p.grad is None else (p.grad, p.grad._version) for p in self.params]
 
     def note_written(self) -> None:
         """Remember the parameters as Alice left them (to see edits at the next step)."""
-        self.written = [_dist.write_mark(p) for p in self.params]
+        if self.sharded:
+            self.written = [_dist.write_mark(p) for p in self.params]
+        else:
+            self.written = [(p._version, p.data_ptr()) for p in self.params]
 
     def edited(self) -> list[int]:
         """Indices of the parameters changed since :meth:`note_written` (all at first)."""
         if not self.written:
             return list(range(len(self.params)))
-        return [k for k, (p, seen) in enumerate(zip(self.params, self.written)) if _dist.write_mark(p) != seen]
+        if self.sharded:
+            return [k for k, (p, mark) in enumerate(zip(self.params, self.written)) if _dist.write_mark(p) != mark]
+        return [k for k, (p, (version, ptr)) in enumerate(zip(self.params, self.written))
+                if p._version != version or p.data_ptr() != ptr]
 
     def foreign_gradients(self) -> list[Tensor]:
         """Parameters whose gradient was written since Alice last looked: backward ran
         outside a step (or ``p.grad`` was replaced)."""
-        return [p for p, seen in zip(self.params, self.seen) if self.new_grad(p.grad, seen)]
+        return [p for p, mark in zip(self.params, self.grad_marks) if self.new_grad(p.grad, mark)]
 
-    def new_grad(self, grad: Tensor | None, seen: tuple | None) -> bool:
-        """Whether ``grad`` (a ``p.grad``) was set or written since it was ``seen``."""
+    def new_grad(self, grad: Tensor | None, mark: tuple | None) -> bool:
+        """Whether ``grad`` (a ``p.grad``) was set or written since its ``mark`` was taken."""
         if grad is None:
             return False
-        return seen is None or grad is not seen[0] or _grad_mark(grad, self.sharded)[1] != seen[1]
-
-
-def _grad_mark(grad: Tensor | None, sharded: bool) -> tuple | None:
-    """A gradient and the version of its (local) data, to see later writes."""
-    if grad is None:
-        return None
-    return grad, (_dist.local_tensor(grad) if sharded else grad)._version
+        if mark is None or grad is not mark[0]:
+            return True
+        return (_dist.local_tensor(grad) if self.sharded else grad)._version != mark[1]
 
 
 def _point_runs(starts: list[int], global_starts: list[int]) -> list[tuple[int, int, int]]:
@@ -181,7 +193,7 @@ def _point_runs(starts: list[int], global_starts: list[int]) -> list[tuple[int, 
     return runs
 
 
-def _new_bucket(group: int, params: list[Tensor], indices: list[int], base: int) -> Bucket:
+def _new_bucket(group: int, params: list[Tensor], base: int) -> Bucket:
     device, dtype = params[0].device, params[0].dtype
     local = [_dist.local_tensor(p) for p in params]
     starts, global_starts, full = [0], [], base
@@ -191,17 +203,17 @@ def _new_bucket(group: int, params: list[Tensor], indices: list[int], base: int)
         full += _dist.full_numel(p)
     numel, sdtype = starts[-1], state_dtype(dtype)
     buffers = {key: torch.zeros(numel, dtype=sdtype, device=device) for key in STATE_KEYS}
-    held = torch.empty(numel, dtype=dtype, device=device)
+    centre = torch.empty(numel, dtype=dtype, device=device)
     bucket = Bucket(
-        group=group, params=params, indices=indices, starts=starts, base=base, buffers=buffers,
+        group=group, params=params, starts=starts, base=base, buffers=buffers,
         counts=torch.zeros(len(params), dtype=torch.float64, device=device),
-        grads=torch.zeros(numel, dtype=dtype, device=device), held=held,
-        history=[0] * len(params), sampled=[False] * len(params), shapes=[t.shape for t in local],
+        grads=torch.zeros(numel, dtype=dtype, device=device), centre=centre,
+        cohort=[0] * len(params), sampled=[False] * len(params), shapes=[t.shape for t in local],
         sharded=any(t is not p for p, t in zip(params, local)), full_numel=full - base, global_starts=global_starts,
         point_runs=_point_runs(starts, global_starts),
     )
     bucket.grad_tensors = [_over(bucket.grads, a, t) for t, a in zip(local, starts)]
-    bucket.held_views, bucket.offset_views = bucket.views(held), bucket.views(buffers["offset"])
+    bucket.centre_views, bucket.offset_views = bucket.views(centre), bucket.views(buffers["offset"])
     if sdtype != dtype:
         torch._foreach_copy_(bucket.views(buffers.setdefault("mu", torch.empty(numel, dtype=sdtype, device=device))),
                              [t.detach() for t in local])
@@ -212,13 +224,13 @@ class AliceState:
     """All buckets of one optimizer. They are rebuilt when the set of trainable
     parameters changes (a group added, a parameter frozen or unfrozen); each
     parameter keeps what it had, and a frozen parameter's state waits in
-    ``stash`` until it trains again."""
+    ``frozen`` until it trains again."""
 
     def __init__(self) -> None:
         self.buckets: list[Bucket] = []
-        self.stash: dict[int, dict] = {}  # id(param) -> its record while frozen
+        self.frozen: dict[int, dict] = {}  # id(param) -> its record while frozen
         self._layout: tuple = ()
-        self._next_class = 1
+        self._next_cohort = 1
 
     @staticmethod
     def layout(param_groups: list[dict]) -> tuple:
@@ -238,20 +250,17 @@ class AliceState:
         if layout == self._layout:
             return False
         records = {id(p): self.record(b, k) for b in self.buckets for k, p in enumerate(b.params)}
-        records.update(self.stash)
+        records.update(self.frozen)
         owned_grads = {id(p): g for b in self.buckets for p, g in zip(b.params, b.grad_tensors) if p.grad is g}
-        buckets, index, base = [], 0, 0
-        fresh = self.new_class()  # parameters that join now share a class of their own
+        buckets, base = [], 0
+        fresh = self.new_cohort()  # parameters that join now share a cohort of their own
         for g, group in enumerate(param_groups):
-            by_kind: dict[tuple, tuple[list, list]] = {}
+            by_kind: dict[tuple, list[Tensor]] = {}
             for p in group["params"]:
                 if p.requires_grad:
-                    ps, idx = by_kind.setdefault((p.device, p.dtype), ([], []))
-                    ps.append(p)
-                    idx.append(index)
-                index += 1
-            for ps, idx in by_kind.values():
-                bucket = _new_bucket(g, ps, idx, base)
+                    by_kind.setdefault((p.device, p.dtype), []).append(p)
+            for ps in by_kind.values():
+                bucket = _new_bucket(g, ps, base)
                 base += bucket.full_numel
                 for k, p in enumerate(ps):
                     if id(p) in owned_grads:  # a gradient in the old buffers moves along
@@ -259,12 +268,12 @@ class AliceState:
                         p.grad = bucket.grad_tensors[k]
                     record = records.pop(id(p), None)
                     if record is None:
-                        bucket.history[k] = fresh
+                        bucket.cohort[k] = fresh
                     else:
                         self.restore(bucket, k, record)
                 buckets.append(bucket)
         known = {id(p) for g in param_groups for p in g["params"]}
-        self.stash = {
+        self.frozen = {
             pid: {key: value.clone() if isinstance(value, Tensor) else value for key, value in record.items()}
             for pid, record in records.items() if pid in known
         }
@@ -275,10 +284,10 @@ class AliceState:
 
     @staticmethod
     def record(bucket: Bucket, k: int) -> dict:
-        """Parameter ``k``'s state as flat views, its count, class and sampling flag."""
+        """Parameter ``k``'s state as flat views, its count, cohort and sampling flag."""
         a, b = bucket.starts[k], bucket.starts[k + 1]
         record = {key: flat[a:b] for key, flat in bucket.buffers.items()}
-        record.update(step=bucket.counts[k], history=bucket.history[k], sampled=bucket.sampled[k])
+        record.update(step=bucket.counts[k], cohort=bucket.cohort[k], sampled=bucket.sampled[k])
         return record
 
     @staticmethod
@@ -289,10 +298,10 @@ class AliceState:
             if key in record:
                 flat[a:b].copy_(record[key].reshape(-1))
         bucket.counts[k].copy_(record["step"])
-        bucket.history[k], bucket.sampled[k] = record["history"], record["sampled"]
+        bucket.cohort[k], bucket.sampled[k] = record["cohort"], record["sampled"]
 
     @staticmethod
-    def reset(bucket: Bucket, k: int, history: int) -> None:
+    def reset(bucket: Bucket, k: int, cohort: int) -> None:
         """Parameter ``k`` of ``bucket`` as a fresh optimizer holds it: zero state, no
         steps, ``nu = mu`` (the float32 centre of a half-precision parameter re-read)."""
         a, b = bucket.starts[k], bucket.starts[k + 1]
@@ -302,11 +311,13 @@ class AliceState:
             else:
                 flat[a:b].zero_()
         bucket.counts[k].zero_()
-        bucket.history[k], bucket.sampled[k] = history, False
+        bucket.cohort[k], bucket.sampled[k] = cohort, False
 
-    def new_class(self) -> int:
-        self._next_class += 1
-        return self._next_class - 1
+    def new_cohort(self) -> int:
+        """A cohort number not used yet (parameters of one cohort have equal counts, so one
+        kernel call serves a run of them)."""
+        self._next_cohort += 1
+        return self._next_cohort - 1
 
     def per_param(self) -> Iterable[tuple[Tensor, dict[str, Tensor]]]:
         """``(param, {"step": ..., "offset": ..., "G": ..., ...})`` with views of the buffers."""
@@ -316,3 +327,89 @@ class AliceState:
                 entry = {"step": bucket.counts[k]}
                 entry.update((key, _dist.like_param(views[key][k], p)) for key in views)
                 yield p, entry
+
+    def publish(self, state: dict, param_groups: list[dict]) -> None:
+        """Point an optimizer's ``state`` at the per-parameter views (and the frozen
+        parameters' records)."""
+        state.clear()
+        for p, entry in self.per_param():
+            state[p] = entry
+        params = {id(p): p for g in param_groups for p in g["params"]}
+        for pid, record in self.frozen.items():
+            state[params[pid]] = {k: v for k, v in record.items() if k not in ("cohort", "sampled")}
+
+    @torch.no_grad()
+    def zero_grad(self, param_groups: list[dict], set_to_none: bool) -> None:
+        """Zero the gradients: trainable parameters' in the flat buffers, in place (``p.grad``
+        stays a tensor over the buffer), the others as torch does."""
+        owned = set()
+        for b in self.buckets:
+            b.grads.zero_()
+            b.point_grads_at_buffers()  # and what was written there is now accounted for
+            owned.update(id(p) for p in b.params)
+        for group in param_groups:
+            for p in group["params"]:
+                if id(p) not in owned and p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.detach_().requires_grad_(False).zero_()
+
+    def foreign_gradients(self) -> bool:
+        """Whether backward wrote a trainable parameter's gradient since Alice last looked."""
+        return any(b.foreign_gradients() for b in self.buckets)
+
+
+class Skips:
+    """The count of skipped steps: on the device (a step's decision is added without a
+    host sync), with a pinned host copy on CUDA refreshed without waiting, and a
+    warning once skips are known on the host."""
+
+    def __init__(self) -> None:
+        self.count: Tensor | None = None  # on the first bucket's device
+        self.seen: Tensor | None = None  # the host copy
+        self.warned = 0
+
+    def follow(self, device: torch.device) -> None:
+        """Keep the count on ``device`` (where the buckets are, after a build or a move)."""
+        if self.count is None or self.count.device != device:
+            skipped = 0 if self.count is None else int(self.count)
+            self.count = torch.full((), skipped, dtype=torch.int64, device=device)
+            self.seen = (torch.full((), skipped, dtype=torch.int64, pin_memory=True)
+                         if device.type == "cuda" else None)
+
+    def add(self, ok: Tensor) -> None:
+        """Count a step whose decision (taken or not) is ``ok``."""
+        self.count.add_(~ok.to(self.count.device, non_blocking=True))
+        if self.seen is not None:
+            self.seen.copy_(self.count, non_blocking=True)
+
+    def set(self, skipped: int) -> None:
+        for counter in (self.count, self.seen):
+            if counter is not None:
+                counter.fill_(skipped)
+        self.warned = skipped
+
+    def read(self) -> int:
+        """The count (waits for the device)."""
+        skipped = 0 if self.count is None else int(self.count)
+        self.warn(skipped)
+        return skipped
+
+    def warn(self, skipped: int | None = None) -> None:
+        """Warn once skipped steps are known on the host (without ``skipped``, from the host
+        copy: never waits)."""
+        if skipped is None:
+            if self.count is None:
+                return
+            skipped = int(self.seen if self.seen is not None else self.count)
+        if skipped > self.warned:
+            if self.warned == 0:
+                warnings.warn(
+                    f"Alice skipped {skipped} step(s): a loss or gradient was not finite, or the "
+                    "averages would overflow. Parameters and optimizer state were left unchanged; "
+                    "skipped steps are counted in optimizer.skipped_steps. This warning is shown once.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            self.warned = skipped

@@ -10,7 +10,8 @@ the formulas of :mod:`alice._math` (one formula, one place):
     h = \texttt{hessian\_sample}(g_+, g_-, \sigma, 0, \text{"abs"}) = \Big|\frac{g_+ - g_-}{2\sigma}\Big|, \quad
     \rho = \texttt{glass\_sample}(g_+, g_-, g_0, \sigma),
 
-with :math:`z` Rademacher signs, one draw per ``draws``. Along a direction
+with :math:`z` Rademacher signs (counter-based, as Alice draws them:
+:mod:`alice._rademacher`), one draw per ``draws``. Along a direction
 :math:`d` (default :math:`-\sigma\,\mathrm{sign}(g_0)`, an Adam-sized step of
 length :math:`\sigma` per element) the expected-loss model predicts the change
 
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _math
+from .. import _math, _rademacher
 from .probe import GLASS_COEFFICIENT, MODELS
 
 __all__ = ["FIT_LENGTHS", "MARGIN", "CurvatureReport", "curvature"]
@@ -145,8 +146,9 @@ class CurvatureReport:
             gf = f"{row['glass_fraction']:.2f} [{row['glass_fraction_low']:.2f}, {row['glass_fraction_high']:.2f}]"
             lines.append(f"{name[:24]:<24}{row['numel']:>9}{row['h_mean']:>11.3g}{row['rho_mean']:>11.3g}"
                          f"{row['hess_term']:>11.3g}{row['glass_term']:>11.3g}  {gf:<20}{row['verdict']}")
-        fit = ", ".join(f"{m} err {self.fit[m]['error']:.3g} R2 {self.fit[m]['r2']:.2f}" for m in MODELS)
-        lines.append(f"fit at t={self.lengths}: {fit}")
+        if self.fit:
+            fit = ", ".join(f"{m} err {self.fit[m]['error']:.3g} R2 {self.fit[m]['r2']:.2f}" for m in MODELS)
+            lines.append(f"fit at t={self.lengths}: {fit}")
         lines.append(f"sigma {self.sigma:g}, {self.draws} draws, D = {self.overall['linear']:.4g}, "
                      f"flat margin {self.overall['margin']:.3g} (= {MARGIN} |D|); terms with 95% t-intervals")
         return "\n".join(lines)
@@ -156,6 +158,16 @@ class CurvatureReport:
 
 def _plain(v):
     return v if isinstance(v, str) else (int(v) if isinstance(v, int) else float(v))
+
+
+def check_settings(draws, layers, fit) -> None:
+    """ValueError naming the first invalid one of :func:`curvature`'s ``draws``, ``layers``, ``fit``."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"Invalid draws: {draws!r} (must be an integer >= 2, for the intervals)")
+    if layers not in ("module", None):
+        raise ValueError(f"Invalid layers: {layers!r} (must be 'module' or None)")
+    if not isinstance(fit, bool):
+        raise ValueError(f"Invalid fit: {fit!r} (must be True or False)")
 
 
 def _as_batches(batches) -> list:
@@ -188,6 +200,7 @@ def curvature(
     layers: str | None = "module",
     direction: list[Tensor] | None = None,
     generator: torch.Generator | None = None,
+    fit: bool = True,
 ) -> CurvatureReport:
     """Sample the Hessian and glass curvature of ``model``'s loss at its current parameters.
 
@@ -205,13 +218,16 @@ def curvature(
         layers: ``"module"`` (a row per module owning parameters) or ``None`` (overall only).
         direction: tensors, one per trainable parameter in ``model.parameters()`` order, of
             the step to model; default ``-sigma * sign(g0)``.
-        generator: a ``torch.Generator`` for the signs (default: a CPU generator seeded 0;
-            the global RNG is never used).
+        generator: a ``torch.Generator`` that gives the seed of the signs (one number per
+            call; default: a CPU generator seeded 0; the global RNG is never used).
+        fit: whether to measure the loss along the direction and fit the three models
+            (``False`` saves ``len(FIT_LENGTHS)`` loss evaluations; the report's
+            ``lengths``, ``measured``, ``predicted`` and ``fit`` are then empty).
 
     The model runs in ``eval()`` mode (deterministic gradients) and every module's
     mode is restored afterwards, as are the parameters (exactly) and their ``.grad``.
-    Cost: ``2 * draws + 1`` gradient evaluations and ``len(FIT_LENGTHS)`` loss
-    evaluations, each over all batches.
+    Cost: ``2 * draws + 1`` gradient evaluations and, with ``fit``, ``len(FIT_LENGTHS)``
+    loss evaluations, each over all batches.
     """
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module)")
@@ -220,10 +236,7 @@ def curvature(
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"Invalid sigma: {sigma!r} (must be a positive finite number)")
     sigma = float(sigma)
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
-        raise ValueError(f"Invalid draws: {draws!r} (must be an integer >= 2, for the intervals)")
-    if layers not in ("module", None):
-        raise ValueError(f"Invalid layers: {layers!r} (must be 'module' or None)")
+    check_settings(draws, layers, fit)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"Invalid generator: {generator!r} (must be a torch.Generator or None)")
     held = _as_batches(batches)
@@ -284,27 +297,35 @@ def curvature(
             d = [-sigma * torch.sign(g) for g in g0]
         else:
             d = [x.detach().to(device=b.device, dtype=b.dtype) for x, b in zip(direction, base)]
-        c = GLASS_COEFFICIENT
         linear = torch.stack([(g * x).sum(dtype=torch.float64) for g, x in zip(g0, d)]).tolist()
+        # per element, T_h = h * (d^2 / 2) and T_g = sqrt(rho) * (c |d|^1.5): the weights are fixed
+        half_d2 = [0.5 * x * x for x in d]
+        glass_d = [GLASS_COEFFICIENT * x.abs() * x.abs().sqrt() for x in d]
+        # counter-based signs as Alice draws them (one seed from the generator per call)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        offsets = [0]
+        for b in base:
+            offsets.append(offsets[-1] + b.numel())
         per_draw = []  # per draw, per tensor: (sum h, sum rho, T_h, T_g)
-        for _ in range(draws):
-            z = [(torch.randint(0, 2, b.shape, generator=generator, device=generator.device) * 2 - 1)
-                 .to(device=b.device, dtype=b.dtype) for b in base]
-            set_params([b + sigma * s for b, s in zip(base, z)])
+        for k in range(draws):
+            key = _rademacher.tensor_key(seed, k)
+            z = [_rademacher.rademacher(key, b.numel(), offset=o, dtype=b.dtype, device=b.device).view(b.shape)
+                 for b, o in zip(base, offsets)]
+            set_params([torch.add(b, s, alpha=sigma) for b, s in zip(base, z)])
             gp, _ = gradient()
-            set_params([b - sigma * s for b, s in zip(base, z)])
+            set_params([torch.add(b, s, alpha=-sigma) for b, s in zip(base, z)])
             gm, _ = gradient()
             rows = []
-            for a, b_, g, x in zip(gp, gm, g0, d):
+            for a, b_, g, w_h, w_g in zip(gp, gm, g0, half_d2, glass_d):
                 h = _math.hessian_sample(a, b_, sigma, 0.0, "abs")
                 rho = _math.glass_sample(a, b_, g, sigma)
-                ax = x.abs()
                 rows.append(torch.stack([h.sum(dtype=torch.float64), rho.sum(dtype=torch.float64),
-                                         (0.5 * h * x * x).sum(dtype=torch.float64),
-                                         (c * torch.sqrt(rho) * ax * torch.sqrt(ax)).sum(dtype=torch.float64)]))
+                                         (h * w_h).sum(dtype=torch.float64),
+                                         (rho.sqrt_() * w_g).sum(dtype=torch.float64)]))
             per_draw.append(torch.stack(rows).cpu())
+        lengths = list(FIT_LENGTHS) if fit else []
         measured = []
-        for t in FIT_LENGTHS:
+        for t in lengths:
             set_params([b + t * x for b, x in zip(base, d)])
             measured.append(loss_only() - l0)
     finally:
@@ -324,13 +345,13 @@ def curvature(
     }
     D, th, tg = overall["linear"], overall["hess_term"], overall["glass_term"]
     predicted = {
-        "linear": [t * D for t in FIT_LENGTHS],
-        "hessian": [t * D + t * t * th for t in FIT_LENGTHS],
-        "glass": [t * D + t * t * th + t ** 1.5 * tg for t in FIT_LENGTHS],
-    }
-    fit = {m: _fit(measured, predicted[m], abs(D)) for m in MODELS}
-    return CurvatureReport(sigma=sigma, draws=draws, overall=overall, lengths=list(FIT_LENGTHS),
-                           measured=measured, predicted=predicted, fit=fit, layers=layer_rows)
+        "linear": [t * D for t in lengths],
+        "hessian": [t * D + t * t * th for t in lengths],
+        "glass": [t * D + t * t * th + t ** 1.5 * tg for t in lengths],
+    } if fit else {}
+    fits = {m: _fit(measured, predicted[m], abs(D)) for m in MODELS} if fit else {}
+    return CurvatureReport(sigma=sigma, draws=draws, overall=overall, lengths=lengths,
+                           measured=measured, predicted=predicted, fit=fits, layers=layer_rows)
 
 
 def _fit(measured: list[float], predicted: list[float], scale: float) -> dict[str, float]:

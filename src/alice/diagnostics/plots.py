@@ -3,7 +3,8 @@
 :func:`plot` draws, from a history of ``diagnostics(per_param=True)`` readings,
 one layers x time heatmap per statistic (glass fraction, clip fractions), and
 from a :class:`~alice.diagnostics.ProbeReport` its table and the measured change
-of the expected loss against the three models' predictions.
+of the expected loss against the three models' predictions. :func:`plot_curvature`
+draws the readings of a :class:`~alice.diagnostics.CurvatureMonitor` over training.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["HEATMAP_KEYS", "plot"]
+__all__ = ["HEATMAP_KEYS", "plot", "plot_curvature"]
 
 HEATMAP_KEYS = ("glass_fraction", "clip_low", "clip_high")
 
@@ -25,6 +26,16 @@ def _matplotlib():
             "alice.diagnostics.plot needs matplotlib: pip install 'alice-optimizer[diagnostics]'"
         ) from error
     return Figure
+
+
+def _finish(fig, path, title):
+    """Title ``fig``, save it to ``path`` (if given) and return it."""
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
 
 
 def _layers(history: Sequence[Mapping[str, float]], key: str) -> list[str]:
@@ -100,9 +111,67 @@ def plot(history: Sequence[Mapping[str, float]] | None = None, probe=None, *,
         table.auto_set_font_size(False)
         table.set_fontsize(8)
         ax.set_title("probe table (errors in units of D)", fontsize=10)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return _finish(fig, path, title)
+
+
+def _records(records) -> list[Mapping]:
+    """A list of monitor records, or the records of a JSON-lines file (a path)."""
+    if isinstance(records, (str, Path)):
+        import json
+
+        lines = Path(records).read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    return list(records)
+
+
+def plot_curvature(records, *, path: str | Path | None = None, title: str | None = None):
+    """A matplotlib ``Figure`` of :class:`~alice.diagnostics.CurvatureMonitor` readings over training.
+
+    Top: the glass fraction with its 95% interval (a band), overall (black) and per
+    layer where the readings have layers. Bottom, where the readings fitted the
+    models (cost ``"business"``/``"full"``): the RMS error of the linear, +Hessian and
+    +glass models in units of ``|D|`` (the linear change along the direction), log scale.
+
+    Args:
+        records: :attr:`CurvatureMonitor.records`, or the path of the monitor's JSON-lines log.
+        path: where to save the figure (the format follows the suffix).
+        title: the figure's title.
+    """
+    records = _records(records)
+    if not records:
+        raise ValueError("Invalid records: empty (take at least one reading)")
+    for i, r in enumerate(records):
+        if not isinstance(r, Mapping) or "glass_fraction" not in r or "step" not in r:
+            raise ValueError(f"Invalid records[{i}]: not a CurvatureMonitor record (no 'step' and 'glass_fraction')")
+    Figure = _matplotlib()
+    fitted = any(r.get("fit") for r in records)
+    fig = Figure(figsize=(6.5, 3.0 * (1 + fitted) + 0.4), layout="constrained")
+    axes = fig.subplots(1 + fitted, 1, squeeze=False)[:, 0]
+    steps = [r["step"] for r in records]
+    rows = [("all", records, "k")]
+    names = []
+    for r in records:
+        names += [n for n in r.get("layers", {}) if n not in names]
+    colours = [f"C{i % 10}" for i in range(len(names))]
+    rows += [(n, [r.get("layers", {}).get(n, {}) for r in records], c) for n, c in zip(names, colours)]
+    ax = axes[0]
+    for name, series, colour in rows:
+        get = lambda key: [float(s.get(key, math.nan)) for s in series]  # noqa: E731
+        ax.plot(steps, get("glass_fraction"), "o-", color=colour, ms=3, lw=2 if name == "all" else 1, label=name)
+        ax.fill_between(steps, get("glass_fraction_low"), get("glass_fraction_high"), color=colour, alpha=0.15)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("glass fraction (95% interval)")
+    ax.set_title("share of the expected-loss curvature due to the glass", fontsize=10)
+    ax.legend(fontsize=8, ncol=min(4, len(rows)))
+    if fitted:
+        ax = axes[1]
+        for model, style in zip(("linear", "hessian", "glass"), ("--", "-.", "-")):
+            errors = [float(r["fit"][model]["error_rel"]) if r.get("fit") else math.nan for r in records]
+            ax.plot(steps, errors, style, marker="o", ms=3, label=model)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("RMS error / |D|")
+        ax.set_title("fit of the three models along the direction (all parameters)", fontsize=10)
+        ax.legend(fontsize=8)
+    return _finish(fig, path, title)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .. import _math
-from ..schedule import step_scalars
+from .._scalars import step_scalars
 from .stats import param_names
 
 __all__ = ["DEFAULT_LENGTHS", "GLASS_COEFFICIENT", "MODELS", "ProbeReport", "ProbeRow", "held_loss", "probe"]

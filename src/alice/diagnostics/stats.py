@@ -1,25 +1,19 @@
-r"""Live statistics of an Alice optimizer, read from its state.
+"""Live statistics of an Alice optimizer, read from its state.
 
 Nothing is recorded during training: after ``step()`` returns, the averages
 ``G, V, H, R`` in ``opt.state[p]`` are exactly those the last move used, and the
 group's hyperparameters give the step's scalars
-(:func:`alice.schedule.step_scalars`). :func:`diagnostics` recomputes the last
+(:func:`alice._scalars.step_scalars`). :func:`diagnostics` recomputes the last
 step from them with the formulas of :mod:`alice._math` (vectorised over each
 parameter's state, reduced on its device) and brings every number to the host
 in one transfer at the end. Calling it is the only place that waits for the
 device; not calling it costs nothing.
 
-Per element, with the step's own settings (``docs/alice-update.md``):
-
-.. math::
-
-    g = |G|, \quad h = 0,\ H \text{ or } \sqrt H \ (\texttt{hess\_comp}), \quad
-    \rho = R \text{ if grad\_glass else } 0, \\
-    t = \texttt{optimal\_step}(g, \rho, h, \epsilon) = g / h_{opt}, \quad
-    h_{opt} = \alpha + h + \sqrt{\alpha(\alpha + 2h)} + \epsilon, \quad
-    \alpha = \tfrac{3}{4\pi}\,\rho / (g + \epsilon), \\
-    [\ell, u] = [\tau_1, \tau_2] \cdot \texttt{step\_scale}(g, V),
-    \quad t_b = \texttt{bound}(t, \ell, u).
+Per element, with the step's own settings: ``t, [lower, upper] =
+_math.step_length(G, V, H, R, ...)`` (the expected-loss model's minimiser and its
+bounds, ``docs/alice-update.md``, "The move"), ``t_b = _math.bound(t, lower, upper)``,
+and ``h = _math.curvature(H, hess_comp)``, so that ``hopt = |G| / t`` and the glass
+share of it is ``1 - (h + eps) / hopt``.
 
 See :data:`KEYS` for what each returned key means.
 """
@@ -33,11 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _math
-from ..functional import use_fused
-from ..schedule import step_scalars
+from .. import _math, kernels
+from .._scalars import sampling_calls, step_scalars
+from ..functional import CPU_SLICE, use_fused
 
-__all__ = ["KEYS", "PER_PARAM_KEYS", "diagnostics", "param_names", "sampling_calls"]
+__all__ = ["KEYS", "PER_PARAM_KEYS", "diagnostics", "param_names"]
 
 KEYS: dict[str, str] = {
     "rho_mean": "mean over elements of the glass density R (whether or not the step uses it)",
@@ -70,10 +64,8 @@ PER_PARAM_KEYS = ("rho_mean", "h_mean", "g_abs_mean", "g_zero_fraction",
 
 # Positions in each tensor's row of sums (one row per tensor; the host sees them once).
 _NUMEL, _RHO, _H, _G, _MOVING, _GLASS, _LOW, _HIGH, _RATIO, _WGLASS, _WEIGHT = range(11)
-_STATE = ("G", "V", "H", "R")
-_CPU_SLICE = 1 << 18
-"""On CPU the eager statistics are computed in slices of this many elements, so that the
-formulas' temporaries stay in cache (as the optimizer's flat path does)."""
+_READ = ("G", "V", "H", "R")
+"""The state the statistics read, in :func:`_quantities`' order."""
 _GPU_SLICE = 1 << 22
 """Elsewhere in slices of this many: few launches, and float32 counts within a slice stay exact."""
 
@@ -112,24 +104,14 @@ def param_names(opt, names=None) -> list[list[str]]:
     return result
 
 
-def sampling_calls(calls: int, warmup: int, quick_steps: int) -> int:
-    """How many of calls ``1 .. calls`` were sampling steps under
-    :func:`alice.schedule.is_sampling_step`: all warm-up calls, then every
-    ``quick_steps + 1``-th (closed form, so reading it is O(1))."""
-    period = quick_steps + 1
-    first = min(calls, warmup)
-    return first + max(0, calls // period - first // period)
-
-
 def _quantities(G, V, H, R, *, tau1, tau2, eps, hess_comp, grad_glass, limit_method) -> list[Tensor]:
     """The ten per-element summands (positions ``_RHO .. _WEIGHT``) of one slice of state."""
     g_abs = G.abs()
     h_est = _math.curvature(H, "rms" if hess_comp == "rms" else "abs")
-    h = 0.0 if hess_comp == "zero" else h_est
-    t = _math.optimal_step(g_abs, R if grad_glass else 0.0, h, eps)
+    h = _math.curvature(H, hess_comp)  # as the step uses it
+    t, lower, upper = _math.step_length(G, V, H, R, eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
+                                        grad_glass=grad_glass, limit_method=limit_method)
     adam = _math.step_scale(g_abs, V, eps, "adam")
-    scale = adam if limit_method == "adam" else _math.step_scale(g_abs, V, eps, limit_method)
-    lower, upper = tau1 * scale, tau2 * scale
     moving = g_abs > 0
     below_upper = t < upper
     bounded = _math.bound(t, lower, upper)
@@ -145,33 +127,10 @@ def _quantities(G, V, H, R, *, tau1, tau2, eps, hess_comp, grad_glass, limit_met
     ]
 
 
-def _sums(G, V, H, R, tau1, tau2, **options) -> Tensor:
+def _sums(G, V, H, R, **options) -> Tensor:
     """The ten sums of one slice as a float64 vector (what the compiled kernel computes)."""
-    quantities = _quantities(G, V, H, R, tau1=tau1, tau2=tau2, **options)
+    quantities = _quantities(G, V, H, R, **options)
     return torch.stack([q.sum(dtype=torch.float64) for q in quantities])
-
-
-_COMPILED: dict[str, Any] = {}
-
-
-def _fused_sums(flat: dict[str, Tensor], pieces, sc) -> list[Tensor] | None:
-    """:func:`_sums` compiled into one pass over ``G, V, H, R`` per piece ``(a, b)``, or
-    ``None`` where compiling fails (then the eager path runs, from then on)."""
-    device_type = flat["G"].device.type
-    if _COMPILED.get(device_type, True) is False:
-        return None
-    try:
-        if "fn" not in _COMPILED:
-            _COMPILED["fn"] = torch.compile(_sums, dynamic=True, fullgraph=True)
-        # the bounds follow the lr: as 0-d tensors they never cause a recompile
-        tau1, tau2 = (torch.tensor(v, dtype=torch.float64) for v in (sc.tau1, sc.tau2))
-        options = dict(eps=sc.eps, hess_comp=sc.hess_comp, grad_glass=sc.grad_glass, limit_method=sc.limit_method)
-        zero = torch.zeros(10, dtype=torch.float64, device=flat["G"].device)
-        return [_COMPILED["fn"](*(flat[k][a:b] for k in _STATE), tau1, tau2, **options) if b > a else zero
-                for a, b in pieces]
-    except torch._dynamo.exc.TorchDynamoException:
-        _COMPILED[device_type] = False
-        return None
 
 
 def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool | None) -> Tensor:
@@ -184,22 +143,23 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
         starts.append(starts[-1] + n)
     total = starts[-1]
     first = views[0]
-    flat = {k: first[k].as_strided((total,), (1,), first[k].storage_offset()) for k in _STATE}
+    flat = {k: first[k].as_strided((total,), (1,), first[k].storage_offset()) for k in _READ}
     device = first["G"].device
     rows = len(views) if per_param else 1
     acc = torch.zeros(rows, 11, dtype=torch.float64, device=device)  # column _NUMEL is filled on the host
-    if use_fused(fused, total, device):
-        pieces = list(zip(starts, starts[1:])) if per_param else [(0, total)]
-        sums = _fused_sums(flat, pieces, sc)
-        if sums is not None:
-            acc[:, 1:] = torch.stack(sums)
-            return acc
     options = dict(tau1=sc.tau1, tau2=sc.tau2, eps=sc.eps, hess_comp=sc.hess_comp, grad_glass=sc.grad_glass,
                    limit_method=sc.limit_method)
-    step = _CPU_SLICE if device.type == "cpu" else _GPU_SLICE
+    if use_fused(fused, total, device):  # one compiled pass per piece; the bounds as 0-d tensors
+        options.update(tau1=torch.tensor(sc.tau1, dtype=torch.float64), tau2=torch.tensor(sc.tau2, dtype=torch.float64))
+        pieces = list(zip(starts, starts[1:])) if per_param else [(0, total)]
+        zero = torch.zeros(10, dtype=torch.float64, device=device)
+        acc[:, 1:] = torch.stack([kernels.run(_sums, tuple(flat[k][a:b] for k in _READ), options) if b > a
+                                  else zero for a, b in pieces])
+        return acc
+    step = CPU_SLICE if device.type == "cpu" else _GPU_SLICE
     for a in range(0, total, step):
         b = min(a + step, total)
-        quantities = _quantities(*(flat[k][a:b] for k in _STATE), **options)
+        quantities = _quantities(*(flat[k][a:b] for k in _READ), **options)
         if per_param:
             inside = [i for i in range(len(views)) if starts[i] < b and starts[i + 1] > a or (
                 lengths[i] == 0 and a <= starts[i] < b)]
@@ -213,7 +173,7 @@ def _run_sums(views: list[dict[str, Tensor]], sc, per_param: bool, fused: bool |
 
 def _adjacent(prev: dict[str, Tensor], nxt: dict[str, Tensor]) -> bool:
     """Whether ``nxt``'s state continues ``prev``'s in the same flat buffers."""
-    for k in _STATE:
+    for k in _READ:
         a, b = prev[k], nxt[k]
         if (a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.dtype != b.dtype
                 or not (a.is_contiguous() and b.is_contiguous())

@@ -10,6 +10,9 @@ Each submodule imports its framework only when it is imported itself, so
 - :mod:`alice.integrations.lightning`: ``AliceCallback`` (checks the Trainer's
   configuration, optionally clips consistently) and ``at_center`` for logging.
 
+Both ``lightning`` and ``hf`` also have ``CurvatureCallback``: the curvature instrument
+(:class:`alice.diagnostics.CurvatureMonitor`) during training, with any optimizer.
+
 Framework-free helpers live here: :func:`find_alice` (the Alice behind wrappers),
 :func:`at_center` (whether the running evaluation is the one at ``nu``) and
 :class:`ConsistentClip` (one clipping factor for the evaluations of one step).

@@ -27,23 +27,24 @@ from typing import Any
 
 import torch
 
+from ..errors import LoopError
 from ._common import ConsistentClip, find_alice
 
 __all__ = ["alice_step", "check_accelerator", "micro_batch_closure"]
 
 
 def check_accelerator(accelerator: Any, optimizer: Any) -> None:
-    """Raise ``ValueError`` with the fix where ``accelerator`` cannot run a
+    """Raise :class:`alice.LoopError` with the fix where ``accelerator`` cannot run a
     closure-mode Alice exactly: fp16 loss scaling, or Accelerate's own gradient
     accumulation."""
     alice = find_alice(optimizer)
     if alice.closure_free:
-        raise ValueError(
+        raise LoopError(
             "This Alice was built with closure_free=True: use Accelerate's usual loop "
             "(accelerator.backward(loss); optimizer.step(); optimizer.zero_grad()), not alice_step()."
         )
     if getattr(accelerator, "scaler", None) is not None:
-        raise ValueError(
+        raise LoopError(
             f"Alice's closure mode cannot run under mixed_precision={accelerator.mixed_precision!r}: its "
             "loss scaling unscales gradients only in optimizer.step(), after Alice has used them, and a "
             "scaled step cannot re-evaluate the model. Use mixed_precision='bf16' (no loss scaling) or 'no', "
@@ -52,7 +53,7 @@ def check_accelerator(accelerator: Any, optimizer: Any) -> None:
         )
     steps = getattr(accelerator, "gradient_accumulation_steps", 1)
     if steps > 1:
-        raise ValueError(
+        raise LoopError(
             f"Accelerator(gradient_accumulation_steps={steps}): Accelerate divides each loss by {steps} "
             "and skips optimizer steps inside accelerator.accumulate(), while Alice evaluates the closure "
             "itself. Leave gradient_accumulation_steps at 1 and pass the micro-batches to one closure "
@@ -60,7 +61,7 @@ def check_accelerator(accelerator: Any, optimizer: Any) -> None:
             "Alice(..., closure_free=True) and use accelerator.accumulate() (an approximation)."
         )
     if not getattr(accelerator, "sync_gradients", True):
-        raise ValueError(
+        raise LoopError(
             "alice_step() called inside accelerator.accumulate() on a micro-batch that does not sync: "
             "pass all micro-batches to one closure instead (micro_batch_closure)."
         )

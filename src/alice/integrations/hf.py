@@ -22,7 +22,8 @@ accumulated the micro-batches' gradients and clipped them. Two ways run Alice th
 ``AliceTrainer`` builds an Alice from the ``TrainingArguments`` when no optimizer
 is passed: ``lr = learning_rate``, ``betas = (adam_beta1, adam_beta2)``,
 ``eps = adam_epsilon``, and ``weight_decay`` as Alice's decoupled ``weight_decay``
-(as AdamW takes it) on the parameters the Trainer would decay. Importing this module imports transformers
+(as AdamW takes it) on the parameters the Trainer would decay. :class:`CurvatureCallback`
+reads the curvature instrument during training, with any optimizer. Importing this module imports transformers
 (``import alice`` does not).
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import LoopError
 from ..optimizer import Alice
 from ._common import ConsistentClip, _total_norm, find_alice
 
@@ -41,7 +43,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("alice.integrations.hf needs transformers: pip install alice-optimizer[hf]") from error
 
-__all__ = ["AliceTrainer", "ClosureFreeCallback"]
+__all__ = ["AliceTrainer", "ClosureFreeCallback", "CurvatureCallback"]
 
 
 class ClosureFreeCallback(TrainerCallback):
@@ -145,14 +147,14 @@ class AliceTrainer(Trainer):
             self._checked = True
             return
         if getattr(self.accelerator, "scaler", None) is not None:
-            raise ValueError(
+            raise LoopError(
                 "AliceTrainer cannot run exact Alice with fp16=True: the loss scaler unscales gradients only "
                 "in optimizer.step(), after Alice has used them. Use bf16=True (no loss scaling), or "
                 "Alice(..., closure_free=True) (with this Trainer or the plain one; an approximation, "
                 "see docs/integrations.md)."
             )
         if self.is_deepspeed_enabled:
-            raise ValueError("AliceTrainer does not support DeepSpeed (its engine takes the optimizer step); "
+            raise LoopError("AliceTrainer does not support DeepSpeed (its engine takes the optimizer step); "
                              "use DDP or FSDP through Accelerate.")
         if not hasattr(self.accelerator.gradient_state, "_set_sync_gradients"):
             raise RuntimeError("AliceTrainer relies on accelerate's GradientState._set_sync_gradients, "
@@ -198,3 +200,62 @@ class AliceTrainer(Trainer):
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             grad_norm = _total_norm(grads, 2.0) if grads else None
         return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _model_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
+
+
+class CurvatureCallback(TrainerCallback):
+    """The curvature instrument (:class:`alice.diagnostics.CurvatureMonitor`) during HF
+    ``Trainer`` training, with any optimizer: on each ``on_step_end`` it counts the step
+    (``state.global_step``) and, on the schedule, measures on the fixed ``batches`` (the
+    Trainer does not pass the training batch to callbacks).
+
+    Args:
+        batches: batches to measure on (dicts of tensors, as the model takes them; moved
+            to the model's device once).
+        loss_fn: ``loss_fn(model, batch)``; default ``model(**batch).loss``.
+        log: as the monitor's (a ``SummaryWriter``, ``wandb.log``, a JSON-lines path);
+            default: none (the readings stay in ``callback.monitor.records``).
+        sigma: the instrument's sigma; default: the optimizer's current lr.
+        every, cost, **monitor_kwargs: as :class:`~alice.diagnostics.CurvatureMonitor`.
+
+    Example::
+
+        callback = CurvatureCallback([held_batch], every=200, log="curvature.jsonl")
+        Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    """
+
+    def __init__(self, batches: Any, loss_fn: Any = _model_loss, *, every: Any = 100, cost: str = "economy",
+                 sigma: float | None = None, log: Any = None, **monitor_kwargs: Any):
+        if not callable(loss_fn):
+            raise ValueError(f"Invalid loss_fn: {loss_fn!r} (must be callable as loss_fn(model, batch))")
+        self.batches = list(batches) if isinstance(batches, (list, tuple)) else [batches]
+        if not self.batches:
+            raise ValueError("Invalid batches: empty (give at least one batch)")
+        self.loss_fn = loss_fn
+        self.options = dict(every=every, cost=cost, sigma=sigma, log=log, **monitor_kwargs)
+        self.monitor = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        from ..diagnostics import CurvatureMonitor
+
+        device = next(model.parameters()).device
+        sigma_from = optimizer if self.options["sigma"] is None else None
+        self.monitor = CurvatureMonitor(model, self.loss_fn, optimizer=sigma_from,
+                                        batches=[_to_device(b, device) for b in self.batches], **self.options)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.step(step=state.global_step)

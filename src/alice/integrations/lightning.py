@@ -16,7 +16,8 @@ that, and :class:`AliceCallback` (or :func:`check_trainer`) refuses them with th
 
 With ``Alice(..., closure_free=True)`` all three work (the mode is an approximation:
 see ``docs/integrations.md``). :func:`at_center` tells ``training_step`` whether it
-runs at ``nu``, so that it can log only there. Importing this module imports Lightning
+runs at ``nu``, so that it can log only there. :class:`CurvatureCallback` reads the
+curvature instrument during training, with any optimizer. Importing this module imports Lightning
 (``import alice`` does not).
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._frameworks import check_lightning_trainer
+from ..errors import LoopError
 from ._common import ConsistentClip, find_alice
 from ._common import at_center as _at_center
 
@@ -36,7 +38,7 @@ except ImportError:  # the standalone package
     except ImportError as error:
         raise ImportError("alice.integrations.lightning needs Lightning: pip install alice-optimizer[lightning]") from error
 
-__all__ = ["AliceCallback", "at_center", "check_trainer"]
+__all__ = ["AliceCallback", "CurvatureCallback", "at_center", "check_trainer"]
 
 
 def _alices(trainer: Any) -> list:
@@ -60,7 +62,7 @@ def at_center(module_or_optimizer: Any) -> bool:
 
 
 def check_trainer(trainer: Any, clipping_handled: bool = False) -> None:
-    """Raise ``ValueError`` with the fix when ``trainer`` would run a closure-mode
+    """Raise :class:`alice.LoopError` with the fix when ``trainer`` would run a closure-mode
     Alice wrongly (16-mixed loss scaling, ``accumulate_grad_batches > 1``, Lightning's
     own gradient clipping). ``clipping_handled``: an :class:`AliceCallback` clips.
     ``Alice.step`` runs the same check on a Lightning closure's Trainer at its first step."""
@@ -100,7 +102,7 @@ class AliceCallback(_Callback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.clip is not None and trainer.gradient_clip_val:
-            raise ValueError(
+            raise LoopError(
                 "AliceCallback(gradient_clip_val=...) clips already; the Trainer's gradient_clip_val="
                 f"{trainer.gradient_clip_val!r} would clip again, per evaluation: set it to None."
             )
@@ -152,3 +154,53 @@ class AliceCallback(_Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._at_mu(trainer)
+
+
+class CurvatureCallback(_Callback):
+    """The curvature instrument (:class:`alice.diagnostics.CurvatureMonitor`) during a
+    Lightning fit, with any optimizer: after each optimizer step (``on_train_batch_end``
+    at a new ``global_step``) it counts the step and, on the schedule, measures on the
+    training batch (or on fixed ``batches``).
+
+    Args:
+        loss_fn: ``loss_fn(pl_module, batch)`` returning the scalar loss (not
+            ``training_step``, which would log at the perturbed points).
+        log: as the monitor's; default: every logger of the Trainer (``log_metrics``).
+        sigma: the instrument's sigma; default: the first optimizer's current lr.
+        every, cost, batches, **monitor_kwargs: as :class:`~alice.diagnostics.CurvatureMonitor`.
+
+    The monitor (and its ``records``) is :attr:`monitor`, built at the start of training.
+
+    Example::
+
+        callback = CurvatureCallback(lambda m, b: F.cross_entropy(m(b[0]), b[1]), every=200)
+        L.Trainer(callbacks=[callback]).fit(module)
+        callback.monitor.plot("curvature.png")
+    """
+
+    def __init__(self, loss_fn: Any, *, every: Any = 100, cost: str = "economy", sigma: float | None = None,
+                 batches: Any = None, log: Any = None, **monitor_kwargs: Any):
+        super().__init__()
+        if not callable(loss_fn):
+            raise ValueError(f"Invalid loss_fn: {loss_fn!r} (must be callable as loss_fn(pl_module, batch))")
+        self.loss_fn, self.sink = loss_fn, log
+        self.options = dict(every=every, cost=cost, sigma=sigma, batches=batches, **monitor_kwargs)
+        self.monitor = None
+        self._last_step = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        from ..diagnostics import CurvatureMonitor
+
+        log = self.sink
+        if log is None:
+            log = [lambda values, step, logger=logger: logger.log_metrics(values, step=step)
+                   for logger in trainer.loggers]
+        optimizer = trainer.optimizers[0] if self.options["sigma"] is None and trainer.optimizers else None
+        self.monitor = CurvatureMonitor(pl_module, self.loss_fn, optimizer=optimizer, log=log, **self.options)
+        self._last_step = trainer.global_step  # (resumed runs start past 0)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.monitor is None or trainer.global_step == self._last_step:  # accumulating: no step yet
+            return
+        self._last_step = trainer.global_step
+        self.monitor.step(batch, step=trainer.global_step)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available", "compile_enabled", "point_", "samples_finite", "set_compile_enabled", "update_"]
+__all__ = ["available", "compile_enabled", "point_", "run", "samples_finite", "set_compile_enabled", "update_"]
 
 _ENABLED = os.environ.get("ALICE_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -36,11 +36,20 @@ def available(device_type: str, warn: bool = True) -> bool:
     return compiled.available(device_type, warn)
 
 
-def update_(tensors, kwargs):
+def run(fn, args, kwargs):
+    """``fn(*args, **kwargs)`` compiled (dynamic shapes, one graph), or eagerly from then
+    on where compiling fails on that device type; for elementwise functions of flat
+    tensors (the diagnostics' statistics use it too)."""
+    from . import compiled
+
+    return compiled.run(fn, args, kwargs)
+
+
+def update_(state, grads, out, kwargs):
     """``alice._math.update_`` compiled into one kernel over flat operands."""
     from . import compiled
 
-    return compiled.update_(tensors, kwargs)
+    return compiled.update_(state, grads, out, kwargs)
 
 
 def point_(out, mu, offset, scale, key, base) -> None:
@@ -50,8 +59,8 @@ def point_(out, mu, offset, scale, key, base) -> None:
     compiled.point_(out, mu, offset, scale, key, base)
 
 
-def samples_finite(grad, grad_plus, grad_minus, kwargs):
+def samples_finite(grads, kwargs):
     """``alice._math.samples_finite`` compiled into one reduction."""
     from . import compiled
 
-    return compiled.samples_finite(grad, grad_plus, grad_minus, kwargs)
+    return compiled.samples_finite(grads, kwargs)

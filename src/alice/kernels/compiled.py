@@ -67,7 +67,7 @@ def _compile(fn):
     return torch.compile(fn, dynamic=True, fullgraph=True)
 
 
-def _run(fn, args, kwargs):
+def run(fn, args, kwargs):
     """``fn`` compiled, or eagerly from now on if compiling it fails (a graph that
     torch.compile cannot build here must not stop training)."""
     device_type = next(a for a in args if isinstance(a, torch.Tensor)).device.type
@@ -84,12 +84,20 @@ def _scalar(value, dtype=torch.float64):
     return torch.tensor(value, dtype=dtype)
 
 
-def update_(tensors, kwargs):
+def _update(*tensors, **kwargs):
+    # the typed operands rebuilt inside the graph (the compiled function takes plain tensors):
+    # the fields of Elements, then those of Gradients, then out
+    n = len(_math.Elements._fields)
+    state, grads = _math.Elements(*tensors[:n]), _math.Gradients(*tensors[n:-1])
+    return _math.update_(state, grads, tensors[-1], **kwargs)
+
+
+def update_(state, grads, out, kwargs):
     kwargs = dict(kwargs)
     kwargs.update({k: _scalar(kwargs[k]) for k in _DYNAMIC})
     if kwargs["decay"] != 0:  # a graph with decay and one without: no decay costs nothing
         kwargs["decay"] = _scalar(kwargs["decay"])
-    return _run(_math.update_, tensors, kwargs)
+    return run(_update, (*state, *grads, out), kwargs)
 
 
 def _point(out, mu, offset, scale, key, base):
@@ -105,15 +113,19 @@ def _nu(out, mu, offset):
 
 def point_(out, mu, offset, scale, key, base) -> None:
     if scale == 0:
-        _run(_nu, (out, mu, offset), {})
+        run(_nu, (out, mu, offset), {})
         return
     # int32 indices hash fastest; past 2**31 elements the same bits come from int64
     wide = base + mu.numel() >= 1 << 31
     index_dtype = torch.int64 if wide else torch.int32
     key = _scalar(key if wide else as_int32(key), index_dtype)
-    _run(_point, (out, mu, offset, _scalar(scale), key, _scalar(base, index_dtype)), {})
+    run(_point, (out, mu, offset, _scalar(scale), key, _scalar(base, index_dtype)), {})
 
 
-def samples_finite(grad, grad_plus, grad_minus, kwargs):
+def _samples_finite(*grads, **kwargs):
+    return _math.samples_finite(_math.Gradients(*grads), **kwargs)
+
+
+def samples_finite(grads, kwargs):
     kwargs = dict(kwargs, sigma=_scalar(kwargs["sigma"]))
-    return _run(_math.samples_finite, (grad, grad_plus, grad_minus), kwargs)
+    return run(_samples_finite, tuple(grads), kwargs)

@@ -1,8 +1,8 @@
-"""The closure protocol: where each gradient is taken and how it reaches the buffers.
+"""The evaluation points of a step: where each gradient is taken and how it reaches
+the buffers.
 
-One step evaluates the user's closure at ``nu + sigma z`` and ``nu - sigma z``
-(sampling steps) and at ``nu``. :class:`Evaluations` moves the parameters to
-each point with a few multi-tensor copies per flat buffer, lets backward write
+One step takes gradients at ``nu + sigma z`` and ``nu - sigma z`` (sampling steps)
+and at ``nu``. :class:`Points` moves the parameters to each point with a few multi-tensor copies per flat buffer, lets backward write
 straight into the optimizer's gradient buffers (each ``p.grad`` is a tensor
 over its slice), tells which parameters received a gradient, and puts the
 parameters back at the centre when the step is given up. :class:`Replay`
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -24,27 +25,11 @@ from torch import Tensor
 
 from . import _math
 from . import distributed as _dist
+from .errors import CLOSURE_HELP, ClosureError
 from .functional import point_
 from .state import AliceState, Bucket
 
-__all__ = ["CLOSURE_HELP", "ClosureError", "Evaluations", "Replay", "losses_finite"]
-
-
-class ClosureError(RuntimeError, TypeError, ValueError):
-    """A missing closure, or one that does not return a scalar loss or compute gradients."""
-
-
-CLOSURE_HELP = (
-    "Alice.step() needs a closure that re-evaluates the model on the current batch, "
-    "calls loss.backward() and returns the loss, e.g.\n"
-    "    def closure():\n"
-    "        optimizer.zero_grad()\n"
-    "        loss = loss_fn(model(x), y)\n"
-    "        loss.backward()\n"
-    "        return loss\n"
-    "    optimizer.step(closure)\n"
-    "Alice evaluates it at perturbed parameters (three times on a sampling step)."
-)
+__all__ = ["Points", "Replay", "check_loss", "losses_finite", "run_closure", "warn_vanishing_perturbations"]
 
 
 def _accelerator_modules():
@@ -95,6 +80,12 @@ def check_loss(loss: Any) -> Any:
     raise ClosureError(f"The closure returned {what}; it must return the scalar loss.\n" + CLOSURE_HELP)
 
 
+def run_closure(closure: Callable[[], Any]) -> Any:
+    """The closure's loss (checked to be a scalar), run with gradients enabled."""
+    with torch.enable_grad():
+        return check_loss(closure())
+
+
 def losses_finite(losses: list[Any], device: torch.device) -> Tensor:
     """Whether every loss is finite, as a 0-d bool tensor on ``device`` (no host sync)."""
     tensors = [loss.detach().reshape(()).to(device, torch.float32, non_blocking=True)
@@ -109,8 +100,8 @@ def _foreach_copy_(dst: list[Tensor], src: list[Tensor]) -> None:
         torch._foreach_copy_(dst, src)
 
 
-class Evaluations:
-    """The evaluations of one step over the optimizer's buckets.
+class Points:
+    """The evaluation points of one step over the optimizer's buckets.
 
     ``scales[i]`` is the perturbation length of bucket ``i`` (its group's lr; 0
     for a group whose lr is 0, which is evaluated at ``nu`` only).
@@ -123,33 +114,33 @@ class Evaluations:
         self.touched: list[list[bool]] = [[True] * len(b.params) for b in self.buckets]  # in every evaluation
         self.last: list[list[bool]] = [[] for _ in self.buckets]  # in the last one
 
-    def gather(self) -> None:
-        """Read into ``held`` the parameters edited since Alice last wrote them (all, at
-        first): ``held`` is the centre ``mu``. For half-precision parameters the float32
+    def read_centre(self) -> None:
+        """Read into ``centre`` the parameters edited since Alice last wrote them (all, at
+        first): ``centre`` is ``mu``. For half-precision parameters the float32
         centre follows an edit of the parameter."""
         self.at_centre = []
         for b in self.buckets:
             edited = b.edited()
             targets = b.targets()
-            _foreach_copy_([b.held_views[k] for k in edited], [targets[k] for k in edited])
+            _foreach_copy_([b.centre_views[k] for k in edited], [targets[k] for k in edited])
             if b.half and edited:
-                b.buffers["mu"].copy_(_math.recentre(b.buffers["mu"], b.held))
+                b.buffers["mu"].copy_(_math.recentre(b.buffers["mu"], b.centre))
             self.at_centre.append(True)
 
-    def restore(self) -> None:
-        """Parameters back to ``held`` (the centre, or the new centre after the update)."""
+    def to_centre(self) -> None:
+        """Parameters back to ``centre`` (``mu``, or the new ``mu`` after the update)."""
         for i, b in enumerate(self.buckets):
-            _foreach_copy_(b.targets(), b.held_views)
+            _foreach_copy_(b.targets(), b.centre_views)
             b.note_written()
             self.at_centre[i] = True
 
     def abandon(self) -> None:
         """Give the step up: parameters back at the centre, gradient buffers zeroed and
         accounted for, so that the next step runs as if this one had not begun."""
-        self.restore()
-        self.arm()
+        self.to_centre()
+        self.ready_grads()
 
-    def move_to(self, direction: float) -> None:
+    def move(self, direction: float) -> None:
         """Parameters to ``nu + direction * sigma z`` (``direction`` +1, -1 or 0)."""
         for i, (b, scale, path) in enumerate(zip(self.buckets, self.scales, self.paths)):
             if direction == 0 and self.at_centre[i] and not b.half:
@@ -164,36 +155,32 @@ class Evaluations:
                 _foreach_copy_(b.targets(), b.grad_tensors)
             self.at_centre[i] = False
 
-    def evaluate(self, closure: Callable[[], Any]) -> Any:
-        """Run the closure with zeroed gradient buffers; record who got a gradient."""
-        self.arm()
-        with torch.enable_grad():
-            loss = check_loss(closure())
-        self.collect()
-        return loss
-
-    def arm(self) -> None:
+    def ready_grads(self) -> None:
         """Zeroed gradient buffers, with every ``p.grad`` over them: backward accumulates there."""
         for b in self.buckets:
             b.grads.zero_()
             b.point_grads_at_buffers()
 
-    def collect(self) -> None:
-        """Record which parameters received a gradient since :meth:`arm`."""
+    def take_grads(self) -> None:
+        """Record which parameters received a gradient since :meth:`ready_grads` (and
+        bring into the buffers those that backward put elsewhere)."""
         for i, b in enumerate(self.buckets):
-            self.last[i] = self._collect(b)
+            self.last[i] = self._take(b)
             self.touched[i] = [t and u for t, u in zip(self.touched[i], self.last[i])]
 
     @staticmethod
-    def _collect(b: Bucket) -> list[bool]:
+    def _take(b: Bucket) -> list[bool]:
         """Which parameters received a gradient in this evaluation; copies into the
         buffer the gradients that backward put elsewhere (a closure that set
         ``p.grad = None``, as ``model.zero_grad()`` does, gets a fresh tensor; so does
         every sharded parameter: FSDP2 sets a DTensor, whose local shard is copied)."""
         dst, src, touched = [], [], []
-        for p, g, seen in zip(b.params, b.grad_tensors, b.seen):
+        for p, g, mark in zip(b.params, b.grad_tensors, b.grad_marks):
             grad = p.grad
-            touched.append(b.new_grad(grad, seen))
+            if grad is g and not b.sharded:  # the usual case, inline: written since the mark?
+                touched.append(mark is None or mark[0] is not g or g._version != mark[1])
+                continue
+            touched.append(b.new_grad(grad, mark))
             if grad is not None and grad is not g:
                 dst.append(g)
                 grad = _dist.local_tensor(grad) if b.sharded else grad
@@ -202,7 +189,7 @@ class Evaluations:
         b.point_grads_at_buffers(clear=False)  # a sharded parameter keeps FSDP2's gradient
         return touched
 
-    def save_gradients(self, sign: float) -> None:
+    def keep_grads(self, sign: float) -> None:
         """Keep the gradients just taken at ``nu + sign * sigma z``."""
         for b in self.buckets:
             b.ensure_sampling_buffers()
@@ -215,3 +202,28 @@ class Evaluations:
             for p, t in zip(b.params, touched):
                 if not t:
                     p.grad = None
+
+
+def warn_vanishing_perturbations(state: AliceState, sigmas: list[float]) -> bool:
+    """Warn (and return True) when ``sigma`` (``sigmas[group]``) is below half the spacing
+    of a half-precision parameter's values for most of its elements: ``mu +- sigma z``
+    then rounds back to ``mu``, the three gradients coincide and ``H``, ``R`` read zero."""
+    for b in state.buckets:
+        if not b.half or not b.numel:
+            continue
+        sigma = sigmas[b.group]
+        vanishing = _math.vanishing_perturbation(sigma, b.buffers["mu"], b.centre.dtype)
+        shares = [float(v.mean()) for v in b.views(vanishing) if v.numel()]
+        worst = max(range(len(shares)), key=shares.__getitem__)
+        if shares[worst] > 0.5:
+            warnings.warn(
+                f"Alice: lr = sigma = {sigma:g} is below half the {b.centre.dtype} spacing for "
+                f"{100 * shares[worst]:.0f}% of the elements of a parameter of shape "
+                f"{tuple(b.params[worst].shape)} (param group {b.group}): there mu +- sigma z rounds back "
+                "to mu, the perturbed gradients equal the unperturbed one and H and R read zero. "
+                "Keep float32 parameters and train under torch.autocast instead.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return True
+    return False

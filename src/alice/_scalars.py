@@ -1,4 +1,5 @@
-"""The per-step scalars of Alice as pure functions, and the validation built on them.
+"""The per-step scalars of Alice and its sampling schedule, as pure functions, and
+the validation of param groups built on them (not a learning-rate schedule).
 
 Everything here is arithmetic on Python numbers (or 0-d tensors where a count
 lives on the device): effective betas, ``beta3``, the step bounds ``tau1, tau2``
@@ -73,9 +74,12 @@ def is_sampling_step(call: int, warmup: int, quick_steps: int) -> bool:
     return call <= warmup or call % (quick_steps + 1) == 0
 
 
-def mean_passes(quick_steps: int) -> float:
-    """Forward/backward passes per step after warm-up: ``(3 + q) / (q + 1)``."""
-    return (3 + quick_steps) / (quick_steps + 1)
+def sampling_calls(calls: int, warmup: int, quick_steps: int) -> int:
+    """How many of calls ``1 .. calls`` were sampling steps under :func:`is_sampling_step`:
+    all warm-up calls, then every ``quick_steps + 1``-th (closed form, O(1))."""
+    period = quick_steps + 1
+    first = min(calls, warmup)
+    return first + max(0, calls // period - first // period)
 
 
 @dataclass(frozen=True)
@@ -204,3 +208,17 @@ def check_group(group: dict, quick_steps: int, where: str = "") -> None:
             _fail(where, name, group[name], "a bool")
     if not group["grad_glass"] and group["hess_comp"] == "zero":
         _fail(where, "grad_glass", False, 'True when hess_comp="zero" (the step would have no curvature at all)')
+
+
+def check_params(param_groups: list[dict]) -> None:
+    """Raise ``ValueError`` if a parameter is listed twice or is not real floating point."""
+    listed = set()
+    for p in (q for g in param_groups for q in g["params"]):
+        if id(p) in listed:
+            raise ValueError(f"Invalid params: a parameter of shape {tuple(p.shape)} is listed twice")
+        listed.add(id(p))
+        if not p.is_floating_point():
+            raise ValueError(
+                f"Invalid parameter of dtype {p.dtype} and shape {tuple(p.shape)} "
+                "(Alice updates real floating-point parameters only)"
+            )
