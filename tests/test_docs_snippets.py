@@ -18,7 +18,6 @@ that asks for CUDA skips without a GPU; a block that builds a process group runs
 from __future__ import annotations
 
 import ast
-import os
 import re
 import signal
 import socket
