@@ -36,6 +36,7 @@ FENCE = re.compile(r"^( *)```([^\n`]*)\n(.*?)^\1```[ \t]*$", re.S | re.M)  # (in
 MARK = re.compile(r"<!--\s*(not-run|continues)\s*:?\s*(.*?)\s*-->\s*\Z", re.S)
 FRAMEWORKS = {"lightning", "transformers", "accelerate", "timm", "tensorboard"}
 SECONDS = 60  # a block that runs longer is unbounded (Lightning's default is 1000 epochs)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny data (conftest)
 
 
 @dataclass
@@ -140,9 +141,8 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
         chain, namespace = [block], RAN[block.previous.id]
     else:
         namespace = {"__name__": "__main__"}
-    previous, threads = signal.signal(signal.SIGALRM, _alarm), torch.get_num_threads()
+    previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(SECONDS)
-    torch.set_num_threads(1)  # tiny data: more threads only wait on each other on a busy machine
     try:
         with warnings.catch_warnings():
             if not imported & FRAMEWORKS and "init_process_group" not in code:  # (NCCL warns as it likes)
@@ -153,7 +153,6 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-        torch.set_num_threads(threads)
         for value in namespace.values():  # writers left open would flush after the directory is gone
             if type(value).__name__ == "SummaryWriter":
                 value.close()
