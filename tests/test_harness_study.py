@@ -98,7 +98,7 @@ def test_summary_and_report_by_hand_with_bounded_intervals(tmp_path):
     assert entry["alice"]["vs_reference"]["verdict"] == "tie"  # p = 0.18
     assert entry["alice"]["test"]["high"] == 1.0 and entry["adam"]["test"]["high"] == 1.0  # clipped, not 1.003
     md = (tmp_path / "report.md").read_text()
-    assert "at 2.00x its gradient evaluations" in md and "**alice** is no difference detected" in md
+    assert "at 2.00x its gradient evaluations" in md and "**alice** against adam: no difference detected at 95% (tie)" in md
     assert "0.9988 [0.9948, 1]" in md  # the mean and its interval, clipped at 1
     assert "moving average over 1 steps" in md
 

@@ -31,8 +31,8 @@ SUMMARY = "summary.json"
 FEW = 3  # with this many seeds or fewer, tables list the per-seed values instead of an interval
 CURVATURE_KEYS = ("clip_high", "glass_fraction", "step_ratio_adam")
 CURVATURE_AT = (0.1, 0.5, 1.0)  # shares of a run where the curvature table reads the diagnostics
-VERDICT_WORDS = {"win": "better than", "loss": "worse than", "tie": "no difference detected at 95% from",
-                 "mixed": "mixed (failures and the test disagree) against", "n/a": "too few seeds to test against"}
+VERDICT_WORDS = {"win": "better (win)", "loss": "worse (loss)", "tie": "no difference detected at 95% (tie)",
+                 "mixed": "mixed (the test and the failures disagree)", "n/a": "not tested (fewer than 2 paired seeds)"}
 
 
 @dataclass
@@ -204,7 +204,7 @@ def _conclusion(cell: Cell) -> list[tuple]:
         fails = f"; {c.failures} of {len(e.final)} seeds failed" if c.failures else ""
         test = (f"{cell.test_metric.replace('_', ' ')} {_diff(c)} (optimizer minus reference, 95% interval, "
                 f"Holm p = {_num(c.p_holm, 2)}, {c.n} paired seeds{fails})")
-        items.append(f"**{name}** is {VERDICT_WORDS[c.verdict]} {cell.reference}: {test}; at "
+        items.append(f"**{name}** against {cell.reference}: {VERDICT_WORDS[c.verdict]}; {test}; at "
                      f"{_ratio(e, ref, 'grad_evals'):.2f}x its gradient evaluations and "
                      f"{_ratio(e, ref, 'seconds'):.2f}x its optimizer seconds per run.")
     if ref.final and len(ref.ok()) < len(ref.final):

@@ -41,7 +41,7 @@ import alice
 
 from . import optimizers, records, stats
 from .models import ACTIVATIONS
-from .tasks import Splits, Task, batches, evaluate, get_task, loss_fn
+from .tasks import WARMUP_SHARE, Splits, Task, batches, evaluate, get_task, loss_fn
 
 
 WARMUP_STEPS = 12  # past Alice's 10 warm-up sampling steps, so its quick step is compiled/warm too
@@ -171,6 +171,9 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
     attempt, evals, seconds = uuid.uuid4().hex, 0, 0.0
     losses, step_evals, step_seconds = [], [], []
     calls, x, y = 0, None, None
+    scheduler = _schedule(opt, run.steps) if task.schedule else None
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
+                                      enabled=task.bf16 and device.type == "cuda")
     is_alice = isinstance(opt, alice.Alice) and run.phase != "warm"
     probes = {min(run.steps, -(-math.ceil(share * run.steps) // run.eval_every) * run.eval_every)
               for share in PROBE_SHARES} if is_alice and run.phase == "final" else set()
@@ -180,14 +183,16 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
         nonlocal calls
         calls += 1
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with autocast():
+            loss = loss_fn(model(x), y)
         loss.backward(create_graph=run.optimizer.create_graph)
         return loss
 
     def checkpoint(step: int) -> None:
-        val_loss, val_acc = evaluate(model, splits.val)
-        test_loss, test_acc = evaluate(model, splits.test) if run.phase == "final" and step == run.steps \
-            else (None, None)
+        with autocast():
+            val_loss, val_acc = evaluate(model, splits.val)
+            test_loss, test_acc = evaluate(model, splits.test) if run.phase == "final" and step == run.steps \
+                else (None, None)
         row = dict(run.header(), attempt=attempt, step=step, grad_evals=evals, seconds=seconds,
                    train_loss=losses.copy(), step_evals=step_evals.copy(), step_seconds=step_seconds.copy(),
                    val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc,
@@ -211,6 +216,8 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
             loss = opt.step(closure)
             value = float(loss.detach())  # waits for the device: the step's time is the time of its work
             seconds += time.perf_counter() - start
+            if scheduler is not None:
+                scheduler.step()
             evals += calls + optimizers.hvp_evals(opt, step)
             losses.append(value if math.isfinite(value) else None)
             step_evals.append(evals)
@@ -218,6 +225,17 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
             tick()
             if step % run.eval_every == 0 or step == run.steps:
                 checkpoint(step)
+
+
+def _schedule(opt, steps: int):
+    """Linear warm-up over ``WARMUP_SHARE`` of the steps, then cosine decay towards 0 (for Alice
+    the perturbation length sigma and the step bounds follow the lr)."""
+    warm = max(1, int(WARMUP_SHARE * steps))
+
+    def factor(n: int) -> float:
+        return (n + 1) / warm if n < warm else 0.5 * (1 + math.cos(math.pi * (n - warm) / max(1, steps - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _grid(center: float, size: int, factor: float) -> tuple[float, ...]:
