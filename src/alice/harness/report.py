@@ -142,7 +142,7 @@ def _show(values: list[float], bounds: tuple[float, float] = (-math.inf, math.in
     if not values:
         return "—"
     if len(set(values)) == 1:
-        return _num(values[0], digits)
+        return _num(values[0], digits) + (f" (all {len(values)})" if len(values) > 1 else "")
     if len(values) <= FEW:
         return ", ".join(_num(v, digits) for v in values)
     mean, low, high = stats.bounded(values, *bounds)
