@@ -175,8 +175,9 @@ def train(run: Run, task: Task, act: str, splits: Splits, device: torch.device, 
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
                                       enabled=task.bf16 and device.type == "cuda")
     is_alice = isinstance(opt, alice.Alice) and run.phase != "warm"
-    probes = {min(run.steps, -(-math.ceil(share * run.steps) // run.eval_every) * run.eval_every)
-              for share in PROBE_SHARES} if is_alice and run.phase == "final" else set()
+    points = [*range(run.eval_every, run.steps, run.eval_every), run.steps]  # evaluations after step 0
+    probes = {next(p for p in points if p >= share * run.steps) for share in PROBE_SHARES} \
+        if is_alice and run.phase == "final" else set()
     held = splits.val.take(splits.val.eval_index()[:PROBE_EXAMPLES])
 
     def closure():
