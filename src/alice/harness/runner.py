@@ -310,10 +310,15 @@ def compare(settings: Settings) -> Path:
     warmed: set[str] = set()
     with tqdm(total=total, disable=not settings.progress, unit="step", dynamic_ncols=True) as bar, \
             _threads(settings.threads):
+        resumed = 0
+
         def execute(runs):
+            nonlocal resumed
             for run in runs:
-                if run.key in done:
-                    bar.update(run.steps)
+                if run.key in done:  # finished before this resume: not counted as progress
+                    resumed += 1
+                    bar.total -= run.steps
+                    bar.set_postfix_str(f"{resumed} runs already done", refresh=True)
                     continue
                 bar.set_description(f"{label} {run.optimizer.label} lr={run.lr:g} seed {run.seed}")
                 if run.optimizer.label not in warmed:  # untimed: first calls pay for lazy initialisation
