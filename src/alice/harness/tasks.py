@@ -261,9 +261,10 @@ class Task:
         return self.name if act == "relu" or not self.has_act else f"{self.name}/{act}"
 
 
-# Default learning rates: the centres of --sweep's grids. digits-mlp, mnist-mlp, logreg: the best
-# final validation loss of a 5-point sweep (factor 3) on CPU, seed 0, default steps. The others:
-# usual values for their kind of model; --sweep finds better (docs/study/ gives the sweeps' choices).
+# Default learning rates, the centres of --sweep's grids. mnist-mlp (alice, adam, adamw) and shapes1d
+# (alice, adam, adamw): the choices of docs/study's sweeps (5+ lrs a factor 2 apart, 2 selection
+# seeds, ReLU). digits-mlp, logreg: the best final validation loss of a 3-factor sweep on CPU, seed 0.
+# The others: usual values for their kind of model; --sweep finds better.
 WARMUP_SHARE = 0.05
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("digits-mlp", "MLP 64-64-10 on scikit-learn's 8x8 digits (seconds; the CI smoke task)",
@@ -271,7 +272,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          dict(alice=3e-2, adam=1e-2, adamw=1e-2, sgd=3e-1, adahessian=3e-1, sophia=1e-1)),
     Task("mnist-mlp", "MLP 784-128-10 on the 5,000-image MNIST subset",
          load_mnist, lambda act: models.mlp([784, 128, 10], act), Target("val_acc", 0.90), 100, 500,
-         dict(alice=3e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
+         dict(alice=1.5e-2, adam=1.2e-2, adamw=1.2e-2, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
     Task("mnist-cnn", "two-layer CNN (conv 16, conv 32, linear) on the MNIST subset",
          load_mnist, models.small_cnn, Target("val_acc", 0.95), 100, 500,
          dict(alice=1e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=3e-2)),
@@ -280,7 +281,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          dict(alice=3e-3, adam=3e-3, adamw=3e-3, sgd=3e-1, adahessian=3e-2, sophia=1e-2)),
     Task("shapes1d", "MLP 40-100-100-10 on shapes1d (our MNIST-1D-style generator: 8,000 training signals)",
          load_shapes1d, lambda act: models.mlp([40, 100, 100, 10], act), Target("val_acc", 0.6), 100, 1000,
-         dict(alice=3e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
+         dict(alice=3e-2, adam=6e-3, adamw=6e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
     Task("charlm-gpu", "byte-level transformer (6 blocks, width 256, context 256, 4.8M weights) on Shakespeare; "
          "warm-up and cosine decay, bf16 autocast on CUDA",
          partial(load_texts, context=256), lambda act: models.CharTransformer(act, 256, 256, 6, 8),
