@@ -113,3 +113,17 @@ def test_missing_extra_fails_before_anything_is_written(tmp_path, monkeypatch):
 def test_reference_must_be_compared(tmp_path):
     with pytest.raises(ValueError, match=r"--reference: 'adam' is not among the optimizers \['alice', 'sgd'\]"):
         run(tmp_path, optimizers=("alice", "sgd"), steps=2)
+
+
+def test_adamw_and_alice_wd_decay_the_same_groups():
+    import torch
+
+    from alice.harness import optimizers
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    for name in ("adamw", "alice-wd"):
+        opt = optimizers.parse(name).build(model, 0.01, seed=0)
+        decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        assert [decay[id(p)] for p in model.parameters()] == [0.01, 0.0, 0.0, 0.0, 0.01, 0.0]
+    opt = optimizers.parse("adamw,weight_decay=0.1").build(model, 0.01, seed=0)
+    assert opt.param_groups[0]["weight_decay"] == 0.1

@@ -261,7 +261,7 @@ class Task:
         return self.name if act == "relu" or not self.has_act else f"{self.name}/{act}"
 
 
-# Default learning rates, the centres of --sweep's grids. mnist-mlp (alice, adam, adamw) and shapes1d
+# Default learning rates, the centres of --sweep's grids. mnist-mlp (alice, adam; adamw as adam) and shapes1d
 # (alice, adam, adamw): the choices of docs/study's sweeps (5+ lrs a factor 2 apart, 2 selection
 # seeds, ReLU). digits-mlp, logreg: the best final validation loss of a 3-factor sweep on CPU, seed 0.
 # The others: usual values for their kind of model; --sweep finds better.
