@@ -169,7 +169,7 @@ def _interval_row(values: list[float], bounds) -> dict:
 # -- summary.json ------------------------------------------------------------------------
 
 def summary(found: list[Cell]) -> dict:
-    """The headline numbers in the schema of ``summary.json`` (see docs/study/README.md)."""
+    """The headline numbers in the schema of ``summary.json`` (README, "alice compare": Outputs)."""
     tasks = {}
     counts = Counter(c.label for c in found)
     for cell in found:
