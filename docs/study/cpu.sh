@@ -20,7 +20,7 @@ export OMP_NUM_THREADS=1
     --optimizer alice-wd --optimizer alice-fixed --sweep --max-extend 1 --seeds 5 --out "$OUT/shapes1d" --no-progress
   # charlm: one process per optimizer (their sweeps are independent), merged below into one cell
   for opt in adam alice; do
-    $PY -m alice compare --task charlm --optimizer $opt --steps 200 --batch-size 16 --eval-every 40 --sweep \
+    $PY -m alice compare --task charlm --optimizer $opt,lr=0.003 --steps 200 --batch-size 16 --eval-every 40 --sweep \
       --max-extend 1 --seeds 4 --out "$OUT/charlm-$opt" --no-progress &
   done
   wait

@@ -253,6 +253,7 @@ def _sweep_blocks(cell: Cell, out: Path, safe: str) -> list[tuple]:
     if not swept:
         return [("p", "Learning rates: no sweep; each optimizer ran the task's documented default.")]
     rows, notes = [], []
+    other = "val_acc" if cell.metric == "val_loss" else "val_loss"
     for name, e in swept.items():
         grid = sorted(e.sweep)
         for lr in grid:
@@ -264,7 +265,7 @@ def _sweep_blocks(cell: Cell, out: Path, safe: str) -> list[tuple]:
                                    else "")
             rows.append([name, _num(lr, 3), f"{len(runs) - len(ok)} / {len(runs)}",
                          _show([stats.final(r, cell.metric) for r in ok], cell.bounds(cell.metric)),
-                         _show([stats.final(r, "val_loss") for r in ok], (0.0, math.inf)), mark])
+                         _show([stats.final(r, other) for r in ok], cell.bounds(other)), mark])
         if e.lr in (grid[0], grid[-1]):
             notes.append(name)
     seeds = sorted({r[0]["seed"] for e in swept.values() for runs in e.sweep.values() for r in runs})
@@ -275,7 +276,7 @@ def _sweep_blocks(cell: Cell, out: Path, safe: str) -> list[tuple]:
                     f"{', '.join(map(str, seeds))}; an lr with a failed seed is not chosen; accuracy ties go to the "
                     f"lower validation loss). A choice at an end of the grid extended the grid one step beyond, a "
                     f"bounded number of times. Final runs use other seeds."),
-              ("table", ["optimizer", "lr", "failed / seeds", f"final {cell.metric}", "final val_loss", ""], rows),
+              ("table", ["optimizer", "lr", "failed / seeds", f"final {cell.metric}", f"final {other}", ""], rows),
               ("figure", png, f"{cell.label}: final {cell.metric} against the learning rate (selection seeds: "
                               "dots per seed, line through the mean; the ring marks the chosen lr)")]
     if notes:

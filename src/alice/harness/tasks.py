@@ -261,9 +261,9 @@ class Task:
         return self.name if act == "relu" or not self.has_act else f"{self.name}/{act}"
 
 
-# Default learning rates, the centres of --sweep's grids. mnist-mlp (alice, adam; adamw as adam) and shapes1d
-# (alice, adam, adamw): the choices of docs/study's sweeps (5+ lrs a factor 2 apart, 2 selection
-# seeds, ReLU). digits-mlp, logreg: the best final validation loss of a 3-factor sweep on CPU, seed 0.
+# Default learning rates, the centres of --sweep's grids. mnist-mlp (alice, adam; adamw as adam), shapes1d
+# (alice, adam, adamw) and charlm (alice, adam): the choices of docs/study's sweeps (5+ lrs a factor 2
+# apart, 2 selection seeds, ReLU). charlm-gpu: Adam's usual 1e-3, Alice 8x it as on charlm. digits-mlp, logreg: the best final validation loss of a 3-factor sweep on CPU, seed 0.
 # The others: usual values for their kind of model; --sweep finds better.
 WARMUP_SHARE = 0.05
 TASKS: dict[str, Task] = {t.name: t for t in [
@@ -278,7 +278,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          dict(alice=1e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=3e-2)),
     Task("charlm", "byte-level transformer (2 blocks, width 64, context 64) on Shakespeare's plays",
          load_texts, lambda act: models.CharTransformer(act, CONTEXT), Target("val_loss", 2.2), 32, 500,
-         dict(alice=3e-3, adam=3e-3, adamw=3e-3, sgd=3e-1, adahessian=3e-2, sophia=1e-2)),
+         dict(alice=2.4e-2, adam=3e-3, adamw=3e-3, sgd=3e-1, adahessian=3e-2, sophia=1e-2)),
     Task("shapes1d", "MLP 40-100-100-10 on shapes1d (our MNIST-1D-style generator: 8,000 training signals)",
          load_shapes1d, lambda act: models.mlp([40, 100, 100, 10], act), Target("val_acc", 0.6), 100, 1000,
          dict(alice=3e-2, adam=6e-3, adamw=6e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
@@ -286,7 +286,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "warm-up and cosine decay, bf16 autocast on CUDA",
          partial(load_texts, context=256), lambda act: models.CharTransformer(act, 256, 256, 6, 8),
          Target("val_loss", 1.8), 64, 3000,
-         dict(alice=3e-3, adam=1e-3, adamw=1e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-3), schedule=True, bf16=True),
+         dict(alice=8e-3, adam=1e-3, adamw=1e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-3), schedule=True, bf16=True),
     Task("logreg", "logistic regression on scikit-learn's breast cancer (smooth: no kinks)",
          load_breast_cancer, lambda act: models.mlp([30, 2], act), Target("val_acc", 0.90), 32, 300,
          dict(alice=3e-2, adam=3e-3, adamw=3e-3, sgd=1e-2, adahessian=1e-2, sophia=1e-1), has_act=False),
