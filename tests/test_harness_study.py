@@ -69,6 +69,7 @@ def test_summary_json_matches_results_and_alice_rows_carry_curvature(tmp_path):
     assert all({"clip_high", "glass_fraction", "step_ratio_adam"} <= set(row["diagnostics"]) for row in alice_rows if row["step"])
     assert sum("probe" in row for row in alice_rows) == 2 * 3  # a third, two thirds and the end, per seed
     assert all("diagnostics" not in row for r in runs if r[0]["optimizer"] != "alice" for row in r)
+    assert all("versions" in r[0] and not any("versions" in row for row in r[1:]) for r in runs)  # context once
 
 
 def synthetic(path: Path, table: dict[str, dict[int, float]], evals_per_step: dict[str, int]) -> None:

@@ -117,7 +117,7 @@ def cells(rows: list[dict]) -> list[Cell]:
             entry.sweep[head["lr"]].append(run)
         else:
             entry.final.append(run)
-        context[key] = run[-1]
+        context[key] = run[0]  # the run's first row carries its context
     out = []
     for key, entries in sorted(grouped.items()):
         entries = {name: e for name, e in entries.items() if e.final}
@@ -126,8 +126,8 @@ def cells(rows: list[dict]) -> list[Cell]:
             for runs in e.sweep.values():
                 runs.sort(key=lambda run: run[0]["seed"])
         if entries:
-            last = context[key]
-            out.append(Cell(*key, entries, last.get("reference", "adam"), last.get("target")))
+            head = context[key]
+            out.append(Cell(*key, entries, head.get("reference", "adam"), head.get("target")))
     return out
 
 
@@ -394,7 +394,7 @@ def _summary_rows(found: list[Cell]) -> list[list[str]]:
 def build(rows: list[dict], out: Path) -> list[tuple]:
     """The report's blocks for every task found in ``rows``."""
     finished = records.finished_runs(rows)
-    heads = [run[-1] for run in finished.values()]
+    heads = [run[0] for run in finished.values()]
     devices = sorted({h.get("device", "?") for h in heads})
     versions = sorted({", ".join(f"{k} {v}" for k, v in h.get("versions", {}).items()) for h in heads})
     commands = sorted({h.get("command", "") for h in heads} - {""})

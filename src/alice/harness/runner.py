@@ -326,7 +326,9 @@ def compare(settings: Settings) -> Path:
                                run.steps, device.type, "warm")
                     train(warm, task, settings.act, splits, device, lambda row: None, lambda: None)
                     warmed.add(run.optimizer.label)
-                train(run, task, settings.act, splits, device, lambda row: writer.write({**row, **context}),
+                # The context (command, versions, device, data) once per run, on its first row.
+                train(run, task, settings.act, splits, device,
+                      lambda row: writer.write({**row, **context} if row["step"] == 0 else row),
                       lambda: bar.update(1))
                 done.add(run.key)
 
