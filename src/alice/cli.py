@@ -53,7 +53,8 @@ def _compare(args: argparse.Namespace) -> int:
     settings = Settings(
         task=args.task, optimizers=tuple(args.optimizers or ("alice", "adam")), seeds=args.seeds,
         steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every, sweep=args.sweep,
-        sweep_factor=args.sweep_factor, sweep_seeds=args.sweep_seeds, act=args.act, threads=args.threads,
+        sweep_factor=args.sweep_factor, sweep_seeds=args.sweep_seeds, max_extend=args.max_extend,
+        reference=args.reference, budget=args.budget, target=args.target, act=args.act, threads=args.threads,
         data=args.data,
         device=args.device, out=Path(args.out), progress=args.progress, command=args.command,
     )
@@ -99,13 +100,22 @@ def _add_compare_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="seeds per optimizer (default %(default)s)")
     p.add_argument("--steps", type=positive_int, help="optimizer steps per run (default: the task's)")
     p.add_argument("--batch-size", type=positive_int, help="mini-batch size (default: the task's)")
-    p.add_argument("--eval-every", type=positive_int, help="steps between evaluations (default: steps/10)")
-    p.add_argument("--sweep", type=positive_int, default=1, metavar="K",
-                   help="learning rates per optimizer, chosen on validation (default 1: no sweep)")
-    p.add_argument("--sweep-factor", type=positive_float, default=3.0,
+    p.add_argument("--eval-every", type=positive_int, help="steps between evaluations (default: 2%% of a run)")
+    p.add_argument("--budget", metavar="steps=N|evals=N",
+                   help="steps per run, or gradient evaluations per run (each optimizer runs the steps they allow)")
+    p.add_argument("--reference", default="adam",
+                   help="optimizer the others are compared with, seed by seed (default %(default)s)")
+    p.add_argument("--target", type=float, help="validation level for time to target (default: the "
+                   "reference's median final value)")
+    p.add_argument("--sweep", type=positive_int, default=1, nargs="?", const=5, metavar="K",
+                   help="learning rates per optimizer, chosen on the validation headline metric "
+                   "(default 1: no sweep; --sweep alone: 5)")
+    p.add_argument("--sweep-factor", type=positive_float, default=2.0,
                    help="ratio between neighbouring lrs of the sweep (default %(default)s)")
-    p.add_argument("--sweep-seeds", type=positive_int, default=1,
-                   help="seeds each lr of the sweep runs before the choice (default %(default)s)")
+    p.add_argument("--sweep-seeds", type=positive_int, default=2,
+                   help="selection seeds each lr runs, apart from the final seeds (default %(default)s)")
+    p.add_argument("--max-extend", type=int, default=2,
+                   help="times a choice at the grid's edge may extend the grid on that side (default %(default)s)")
     p.add_argument("--act", default="relu", help="activation of hidden layers: relu or gelu (default relu)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: steady timings on small models and busy machines)")

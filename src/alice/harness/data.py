@@ -142,6 +142,29 @@ def read_texts(path: str | os.PathLike | None = None) -> list[str]:
     return [members[name].decode("utf-8", errors="replace") for name in sorted(members)]
 
 
+def make_shapes1d(count: int = 10_000, length: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A one-dimensional image task in the spirit of MNIST-1D (Greydanus, 2020), from our own
+    generator, so it needs no download: 10 templates of 12 points (drawn once, seed 0),
+    each example one of them padded, shifted, stretched, sheared, scaled, blurred by
+    correlated noise and with white noise added, sampled at ``length`` points.
+    Returns (float32 [count, length], int64 [count]) with balanced classes."""
+    rng = np.random.default_rng(seed)
+    templates = np.cumsum(rng.normal(0, 1, (10, 12)), axis=1)
+    templates = (templates - templates.mean(1, keepdims=True)) / templates.std(1, keepdims=True)
+    y = np.arange(count) % 10
+    rng.shuffle(y)
+    grid = np.linspace(-1, 1, length)
+    x = np.empty((count, length), np.float32)
+    knots = np.linspace(-0.5, 0.5, 12)
+    for i, label in enumerate(y):
+        stretch, shift = rng.uniform(0.7, 1.3), rng.uniform(-0.35, 0.35)
+        signal = np.interp((grid - shift) / stretch, knots, templates[label], left=0.0, right=0.0)
+        noise = np.convolve(rng.normal(0, 1, length + 8), np.ones(9) / 3, "valid")  # correlated
+        x[i] = rng.uniform(0.6, 1.4) * signal + rng.normal(0, 0.4) * grid + 0.4 * noise \
+            + rng.normal(0, 0.3, length)
+    return x, y
+
+
 def read_cifar10(directory: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CIFAR-10 from its python-pickle directory: ``train`` (data_batch_1..5) and ``test``
     (test_batch), each as (uint8 [N, 3, 32, 32], int64 [N])."""

@@ -10,6 +10,17 @@ Hessian-vector products of AdaHessian and Sophia-H (Hutchinson estimates made by
 ``pytorch-optimizer`` on steps ``1, 1 + k, 1 + 2k, ...`` with ``update_period = k``)
 count one each per noise sample, since each costs about one more backward pass.
 Those two also need ``backward(create_graph=True)``, as their documentation says.
+The rule for a budget of evaluations: a closure call counts one, a Hessian-vector
+product one (a backward pass through the kept graph), so an Alice sampling step costs 3.
+
+Weight decay: ``adamw`` and ``alice-wd`` take the same decoupled ``weight_decay`` (0.01,
+AdamW's default) on the same groups, :func:`alice.param_groups_for_weight_decay` (no
+decay on biases and norm weights); both shrink a weight by ``lr * weight_decay`` per step.
+
+The ablation of the paper's curvature terms runs each preset under the default bound
+(``limit_method="adam"``, ``lr_max = 2 lr``) and, as ``*-fixed``, under a bound that
+rarely binds: ``limit_method="fixed"`` with ``lr_max = WIDE_BOUND * lr``, so that the
+curvature model, not the bound, sets the step (``clip_high`` in the results shows which).
 """
 
 from __future__ import annotations
@@ -39,9 +50,15 @@ def _pytorch_optimizer(name: str):
     return getattr(module, name)
 
 
-def _alice(preset: str, **fixed) -> Callable:
-    return lambda params, lr, seed, model, **kw: alice.Alice.preset(
-        preset, params, lr=lr, seed=seed, model=model, **{**fixed, **kw})
+WIDE_BOUND = 50.0  # lr_max of the fixed-bound presets, in units of lr
+
+
+def _alice(preset: str, wide: bool = False, **fixed) -> Callable:
+    def build(params, lr, seed, model, **kw):
+        bound = dict(limit_method="fixed", lr_max=WIDE_BOUND * lr) if wide else {}
+        return alice.Alice.preset(preset, params, lr=lr, seed=seed, model=model, **{**bound, **fixed, **kw})
+
+    return build
 
 
 def _torch(name: str, **fixed) -> Callable:
@@ -64,6 +81,8 @@ class Spec:
     # and the keywords the factory passes itself.
     target: Callable[[], type] = lambda: torch.optim.Optimizer
     fixed: tuple[str, ...] = ("params", "lr")
+    # Decoupled weight decay on the groups of alice.param_groups_for_weight_decay (None: one group).
+    weight_decay: float | None = None
 
 
 _ALICE = dict(target=lambda: alice.Alice, fixed=("params", "lr", "seed", "model"))
@@ -77,15 +96,25 @@ def _external_target(name: str) -> dict:
     return dict(target=lambda: _pytorch_optimizer(name))
 
 
+ADAMW_DECAY = 0.01
+_PRESETS = {"alice": ("glass_abs", "glass + |Hessian| (glass_abs), the default"),
+            "alice-glass": ("glass", "glass density only, no Hessian"),
+            "alice-hessian": ("hessian", "|Hessian| only, no glass"),
+            "alice-glass_rms": ("glass_rms", "glass + rms Hessian")}
+
 OPTIMIZERS: dict[str, Spec] = {
-    "alice": Spec("Alice, the default: glass + |Hessian| (glass_abs), quick_steps=3", "alice", _alice("glass_abs"), **_ALICE),
+    **{name: Spec(f"Alice {what}; quick_steps=3", "alice", _alice(preset), **_ALICE)
+       for name, (preset, what) in _PRESETS.items()},
+    **{f"{name}-fixed": Spec(f"Alice {what}; limit_method='fixed', lr_max={WIDE_BOUND:g} lr", "alice",
+                             _alice(preset, wide=True), **_ALICE)
+       for name, (preset, what) in _PRESETS.items()},
     "alice-q0": Spec("Alice glass_abs sampling on every step (quick_steps=0)", "alice",
                      _alice("glass_abs", quick_steps=0), **_ALICE),
-    "alice-glass": Spec("Alice preset glass: glass density only, no Hessian", "alice", _alice("glass"), **_ALICE),
-    "alice-hessian": Spec("Alice preset hessian: |Hessian| only, no glass", "alice", _alice("hessian"), **_ALICE),
-    "alice-glass_rms": Spec("Alice preset glass_rms: glass + rms Hessian", "alice", _alice("glass_rms"), **_ALICE),
+    "alice-wd": Spec(f"Alice glass_abs, decoupled weight_decay={ADAMW_DECAY} as adamw (no decay on biases, norms)",
+                     "alice", _alice("glass_abs"), weight_decay=ADAMW_DECAY, **_ALICE),
     "adam": Spec("torch.optim.Adam", "adam", _torch("Adam"), **_torch_target("Adam")),
-    "adamw": Spec("torch.optim.AdamW (weight_decay=0.01)", "adamw", _torch("AdamW"), **_torch_target("AdamW")),
+    "adamw": Spec(f"torch.optim.AdamW, weight_decay={ADAMW_DECAY} (no decay on biases, norms)", "adamw",
+                  _torch("AdamW"), weight_decay=ADAMW_DECAY, **_torch_target("AdamW")),
     "sgd": Spec("torch.optim.SGD, momentum 0.9", "sgd", _torch("SGD", momentum=0.9), **_torch_target("SGD")),
     "adahessian": Spec("AdaHessian (pytorch-optimizer; Hutchinson every step)", "adahessian",
                        _external("AdaHessian"), create_graph=True,
@@ -129,11 +158,32 @@ class Choice:
     def build(self, model: torch.nn.Module, lr: float, seed: int) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
         if self.spec is not None:
-            return self.spec.factory(params, lr, seed, model, **self.kwargs)
+            kwargs = dict(self.kwargs)
+            if self.spec.weight_decay is not None:
+                decay = kwargs.pop("weight_decay", self.spec.weight_decay)
+                params = alice.param_groups_for_weight_decay(model, decay)
+            return self.spec.factory(params, lr, seed, model, **kwargs)
         module, _, name = self.cls.partition(":")
         cls = getattr(importlib.import_module(module), name)
         kwargs = {k: v for k, v in self.kwargs.items() if k != "create_graph"}
         return cls(params, lr=lr, **kwargs)
+
+
+def step_cost(opt: torch.optim.Optimizer, step: int) -> int:
+    """Gradient evaluations that step ``step`` (1-based) of ``opt`` costs by the rule above:
+    3 on an Alice sampling step, else 1, plus Hessian-vector products."""
+    sampling = isinstance(opt, alice.Alice) and opt.is_sampling_step(step)
+    return (3 if sampling else 1) + hvp_evals(opt, step)
+
+
+def steps_within(choice: "Choice", model: torch.nn.Module, lr: float, evals: int) -> int:
+    """The most steps whose gradient evaluations add up to at most ``evals``."""
+    opt = choice.build(model, lr, seed=0)
+    steps, spent = 0, 0
+    while spent + step_cost(opt, steps + 1) <= evals:
+        steps += 1
+        spent += step_cost(opt, steps)
+    return steps
 
 
 def hvp_evals(opt: torch.optim.Optimizer, step: int) -> int:

