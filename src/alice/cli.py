@@ -85,8 +85,8 @@ def _optimizers(args: argparse.Namespace) -> int:
     from .harness.optimizers import OPTIMIZERS
 
     for name, spec in OPTIMIZERS.items():
-        print(f"{name:16} {spec.summary}")
-    print(f"{'module:Class':16} any torch.optim-style class, e.g. torch.optim:RMSprop,lr=1e-3,alpha=0.9")
+        print(f"{name:22} {spec.summary}")
+    print(f"{'module:Class':22} any torch.optim-style class, e.g. torch.optim:RMSprop,lr=1e-3,alpha=0.9")
     return 0
 
 
