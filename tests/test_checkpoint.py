@@ -130,6 +130,30 @@ def test_closure_free_eval_mode_survives_loading_and_copying(how):
     assert torch.equal(flat(model), flat(reference[0]))
 
 
+@pytest.mark.parametrize("calls", [60, 61, 62], ids=["at-center", "at-plus", "at-minus"])
+def test_a_dict_without_the_step_in_progress_keeps_mu_in_closure_free_training(calls):
+    """A dict that lacks the closure-free step in progress (saved in closure mode, or by a
+    tool that keeps only the averages) loaded while the parameters hold an evaluation
+    point: the centre stays ``mu`` (before the fix it became the point, off by sigma)."""
+    model, x, y = problem()
+    opt = Alice(model.parameters(), lr=1e-2, seed=3, closure_free=True)
+    train_closure_free(model, opt, x, y, calls)  # past the warm-up: offsets are not zero
+    state_dict = opt.state_dict()
+    for entry in state_dict["state"].values():
+        for key in ("mu", "grad_plus", "grad_minus"):
+            entry.pop(key, None)
+    for group in state_dict["param_groups"]:
+        group.pop("phase", None)
+        group.pop("pending_sigma", None)
+    opt.eval()
+    mu = flat(model).clone()
+    opt.train()
+    assert opt.evaluation is not None and not torch.equal(flat(model), mu)  # the parameters hold a point
+    opt.load_state_dict(state_dict)
+    opt.eval()
+    assert torch.equal(flat(model), mu)
+
+
 # -- wrong checkpoints are refused, and older ones load -----------------------------------
 
 

@@ -153,6 +153,7 @@ class Points:
                 else:
                     point_(b.grads, mu, offset, scale=scale, key=self.key, base=b.base, **path)
                 _foreach_copy_(b.targets(), b.grad_tensors)
+            b.note_written()  # a point Alice wrote is no edit: only the user's writes become the centre
             self.at_centre[i] = False
 
     def ready_grads(self) -> None:
