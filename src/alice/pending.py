@@ -146,11 +146,11 @@ class PendingStep:
 
     # -- the update -----------------------------------------------------------------
 
-    def finish(self, active: list[list[bool]], replay: Replay | None, keep_buffers: bool) -> Tensor | None:
+    def finish(self, active: list[list[bool]], replay: Replay | None) -> Tensor | None:
         """Average and move every run of active parameters, predicated on one device flag;
         parameters back at the (new) centre. Returns the flag (``None`` when no group
-        advances: then nothing changes). ``replay`` rewinds (or with ``keep_buffers``
-        keeps, where the step is taken) the model's buffers."""
+        advances: then nothing changes). ``replay`` keeps the model's buffers where the
+        step is taken and rewinds them where it is not."""
         if not self.advancing:  # every lr is 0: one evaluation at nu, nothing changes
             self.points.to_centre()
             if replay is not None:
@@ -189,8 +189,8 @@ class PendingStep:
                 b.cohort[k] = cohort
                 b.sampled[k] = b.sampled[k] or self.sampling
         self.points.to_centre()
-        if replay is not None and keep_buffers:
-            replay.keep_if(ok)
+        if replay is not None:
+            replay.keep_if(ok)  # (a Replay without a model holds no buffers)
         return ok
 
     # -- checkpoints (closure-free mode) -------------------------------------------
@@ -257,7 +257,7 @@ def take_every_gradient(step: PendingStep, closure: Callable[[], Any], model: to
             replay.rewind()  # the RNG streams too: the next step sees what this one saw
         raise
     step.points.release_untouched()
-    return loss, step.finish(active, replay, keep_buffers=model is not None)
+    return loss, step.finish(active, replay)
 
 
 def take_one_gradient(step: PendingStep, loss: Any):
@@ -273,4 +273,4 @@ def take_one_gradient(step: PendingStep, loss: Any):
     except ClosureError:
         step.retake(loss)
         raise
-    return step.finish(active, None, keep_buffers=False), True
+    return step.finish(active, None), True

@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 
 from . import distributed as _dist
-from ._math import AVERAGES, STATE_KEYS, Elements, Gradients, state_dtype
+from ._math import STATE_KEYS, Elements, Gradients, state_dtype
 
-__all__ = ["AVERAGES", "AliceState", "Bucket", "STATE_KEYS", "Skips"]
+__all__ = ["AliceState", "Bucket", "Skips"]
 
 
 def _over(flat: Tensor, start: int, like: Tensor) -> Tensor:
