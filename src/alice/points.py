@@ -193,8 +193,7 @@ class Points:
     def keep_grads(self, sign: float) -> None:
         """Keep the gradients just taken at ``nu + sign * sigma z``."""
         for b in self.buckets:
-            b.ensure_sampling_buffers()
-            (b.plus if sign > 0 else b.minus).copy_(b.grads)
+            b.keep_grads("plus" if sign > 0 else "minus")
 
     def release_untouched(self) -> None:
         """``p.grad = None`` for parameters that received no gradient at ``nu``, as after

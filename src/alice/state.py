@@ -74,6 +74,7 @@ class Bucket:
     written: list[tuple[int, int]] = field(default_factory=list)  # params' (version, data_ptr) as last written
     plus: Tensor | None = None
     minus: Tensor | None = None
+    spare_tensors: dict[str, list[Tensor]] = field(default_factory=dict)  # tensors over plus/minus
     cohort: list[int] = field(default_factory=list)  # parameters with equal counts share one (host)
     sampled: list[bool] = field(default_factory=list)  # took part in a sampling step (host)
     grad_marks: list = field(default_factory=list)  # each p.grad and its version at last look
@@ -126,6 +127,17 @@ class Bucket:
     def ensure_sampling_buffers(self) -> None:
         if self.plus is None:
             self.plus, self.minus = torch.empty_like(self.grads), torch.empty_like(self.grads)
+            self.spare_tensors = {key: [_over(flat, a, g) for g, a in zip(self.grad_tensors, self.starts)]
+                                  for key, flat in (("plus", self.plus), ("minus", self.minus))}
+
+    def keep_grads(self, key: str) -> None:
+        """Keep the gradients in ``grads`` as ``plus`` or ``minus`` (``key``) without a copy:
+        the two buffers trade places, and the next evaluation's backward writes into the
+        other one (``p.grad`` follows at :meth:`point_grads_at_buffers`)."""
+        self.ensure_sampling_buffers()
+        kept, self.grad_tensors, self.spare_tensors[key] = self.grads, self.spare_tensors[key], self.grad_tensors
+        self.grads = getattr(self, key)
+        setattr(self, key, kept)
 
     def point_grads_at_buffers(self, force: bool = True, clear: bool = True) -> None:
         """Make each ``p.grad`` the bucket's tensor over its slice (with ``force=False``
