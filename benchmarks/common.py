@@ -30,7 +30,7 @@ class OptimizerSpec:
 
     @property
     def needs_closure(self) -> bool:
-        return self.cls.__module__.split(".")[0] == "alice"
+        return self.cls.__module__.split(".")[0].startswith("alice")  # alice, or a copy for A/B runs
 
     def make(self, params, **defaults):
         return self.cls(params, **{**defaults, **self.kwargs})
