@@ -38,6 +38,38 @@ def test_gradients_live_in_the_optimizer_buffers_and_any_zeroing_gives_the_same_
     assert len(storages) == 1  # every p.grad is a tensor over the one flat buffer
 
 
+@pytest.mark.parametrize("write", ["in place", "replaced", "none"])
+def test_zero_grad_in_the_closure_clears_what_was_written_since_alice_zeroed(write):
+    """Alice zeroes the buffers before each evaluation; the closure's ``zero_grad()``
+    then has nothing to zero (one zeroing per evaluation, not two) unless something
+    wrote there since, which it clears."""
+    def closure_writing_first(opt, model, x, y):
+        def closure():
+            calls.append(1)
+            for p in model.parameters():
+                if write == "in place":
+                    p.grad.add_(1.0)
+                elif write == "replaced":
+                    p.grad = torch.ones_like(p)
+            opt.zero_grad()
+            loss = mse(model, x, y)
+            loss.backward()
+            return loss
+        return closure
+
+    want_model, _, want = run("optimizer", steps=9)
+    model, x, y = problem()
+    numel = sum(p.numel() for p in model.parameters())
+    opt, calls = Alice(model.parameters(), lr=1e-2, seed=0), []
+    closure = closure_writing_first(opt, model, x, y)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        losses = [opt.step(closure).item() for _ in range(9)]
+    assert losses == want and all_equal([p.detach() for p in want_model.parameters()], model.parameters())
+    zeroings = sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+                   if e.key == "aten::zero_" and e.input_shapes == [[numel]])  # the flat gradient buffer
+    assert len(calls) > 9 and zeroings == len(calls) * (1 if write == "none" else 2)
+
+
 def test_gradients_computed_before_step_are_refused_not_discarded():
     model, x, y = problem()
     opt = Alice(model.parameters(), lr=1e-2, seed=0)

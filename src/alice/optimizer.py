@@ -192,7 +192,8 @@ class Alice(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients. Gradients of trainable parameters live in Alice's flat
         buffers and are zeroed there in place (``p.grad`` stays a tensor over the
-        buffer, so backward keeps writing straight into it); others as torch does."""
+        buffer, so backward keeps writing straight into it; a buffer nothing wrote to
+        since Alice zeroed it before an evaluation is left as it is); others as torch does."""
         self._sync_state()
         self._state.zero_grad(self.param_groups, set_to_none)
 

@@ -159,8 +159,7 @@ class Points:
     def ready_grads(self) -> None:
         """Zeroed gradient buffers, with every ``p.grad`` over them: backward accumulates there."""
         for b in self.buckets:
-            b.grads.zero_()
-            b.point_grads_at_buffers()
+            b.zero_grads()
 
     def take_grads(self) -> None:
         """Record which parameters received a gradient since :meth:`ready_grads` (and

@@ -78,6 +78,7 @@ class Bucket:
     cohort: list[int] = field(default_factory=list)  # parameters with equal counts share one (host)
     sampled: list[bool] = field(default_factory=list)  # took part in a sampling step (host)
     grad_marks: list = field(default_factory=list)  # each p.grad and its version at last look
+    zeroed: tuple | None = None  # the gradient buffer and its versions when last zeroed (see zero_grads)
     shapes: list[torch.Size] = field(default_factory=list)  # each parameter's local shape
     sharded: bool = False  # whether any parameter is a DTensor
     full_numel: int = 0  # elements of the unsharded parameters (the next bucket's base follows them)
@@ -138,6 +139,22 @@ class Bucket:
         kept, self.grad_tensors, self.spare_tensors[key] = self.grads, self.spare_tensors[key], self.grad_tensors
         self.grads = getattr(self, key)
         setattr(self, key, kept)
+
+    def zero_grads(self) -> None:
+        """Zero the gradient buffer and point every ``p.grad`` at it, skipping the zeroing
+        when nothing wrote there since the last (a closure's ``zero_grad()`` right after
+        Alice readied the buffers: 4 bytes per element less per evaluation). Backward
+        writes through the per-parameter tensors, other writes through the flat buffer:
+        each has its own version counter, and both must be unchanged."""
+        if self.zeroed is None or self.zeroed[0] is not self.grads or self.zeroed[1] != self._versions():
+            self.grads.zero_()
+        self.point_grads_at_buffers()
+        self.zeroed = None if self.sharded else (self.grads, self._versions())
+
+    def _versions(self) -> list[int]:
+        """The flat buffer's version and each ``p.grad``'s (-1 where it is not Alice's tensor)."""
+        return [self.grads._version] + [g._version if p.grad is g else -1
+                                        for p, g in zip(self.params, self.grad_tensors)]
 
     def point_grads_at_buffers(self, force: bool = True, clear: bool = True) -> None:
         """Make each ``p.grad`` the bucket's tensor over its slice (with ``force=False``
@@ -356,8 +373,7 @@ class AliceState:
         stays a tensor over the buffer), the others as torch does."""
         owned = set()
         for b in self.buckets:
-            b.grads.zero_()
-            b.point_grads_at_buffers()  # and what was written there is now accounted for
+            b.zero_grads()  # and what was written there is now accounted for
             owned.update(id(p) for p in b.params)
         for group in param_groups:
             for p in group["params"]:
