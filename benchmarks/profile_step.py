@@ -21,14 +21,14 @@ from train_step import workload
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["resnet18", "gpt2"], default="resnet18")
+    parser.add_argument("--model", choices=["resnet18", "gpt2", "decoder1b"], default="resnet18")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--optimizer", default="alice")
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
     spec = parse_optimizer(args.optimizer)
     torch.manual_seed(0)
-    model, loss_fn = workload(args.model, "cuda")
+    model, loss_of = workload(args.model, "cuda")
     opt = spec.make(model.parameters(), lr=1e-3)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
@@ -38,7 +38,7 @@ def main():
         t = time.perf_counter()
         opt.zero_grad()
         with autocast:
-            loss = loss_fn()
+            loss = loss_of(model)
         loss.backward()
         host["closure"] += time.perf_counter() - t
         return loss
