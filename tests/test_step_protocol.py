@@ -18,10 +18,10 @@ def problem(dtype=torch.float32, seed=0):
     return regression(6, 8, 1, rows=32, seed=seed, dtype=dtype)
 
 
-def run(zero, steps=17):
+def run(zero, steps=17, fused=None):
     """``steps`` steps whose closure zeroes the gradients by the optimizer, the model or not at all."""
     model, x, y = problem()
-    opt = Alice(model.parameters(), lr=1e-2, seed=0)
+    opt = Alice(model.parameters(), lr=1e-2, seed=0, fused=fused)
     closure = closure_for(opt, model, x, y, zero=model if zero == "model" else zero)
     losses = [opt.step(closure).item() for _ in range(steps)]
     return model, opt, losses
@@ -38,8 +38,9 @@ def test_gradients_live_in_the_optimizer_buffers_and_any_zeroing_gives_the_same_
     assert len(storages) == 1  # every p.grad is a tensor over the one flat buffer
 
 
+@pytest.mark.parametrize("fused", [None, True], ids=["default", "fused"])
 @pytest.mark.parametrize("write", ["in place", "replaced", "none"])
-def test_zero_grad_in_the_closure_clears_what_was_written_since_alice_zeroed(write):
+def test_zero_grad_in_the_closure_clears_what_was_written_since_alice_zeroed(write, fused):
     """Alice zeroes the buffers before each evaluation; the closure's ``zero_grad()``
     then has nothing to zero (one zeroing per evaluation, not two) unless something
     wrote there since, which it clears."""
@@ -57,10 +58,10 @@ def test_zero_grad_in_the_closure_clears_what_was_written_since_alice_zeroed(wri
             return loss
         return closure
 
-    want_model, _, want = run("optimizer", steps=9)
+    want_model, _, want = run("optimizer", steps=9, fused=fused)
     model, x, y = problem()
     numel = sum(p.numel() for p in model.parameters())
-    opt, calls = Alice(model.parameters(), lr=1e-2, seed=0), []
+    opt, calls = Alice(model.parameters(), lr=1e-2, seed=0, fused=fused), []
     closure = closure_writing_first(opt, model, x, y)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         losses = [opt.step(closure).item() for _ in range(9)]

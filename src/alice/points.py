@@ -152,6 +152,7 @@ class Points:
                         point_(b.grads[a:z], mu[a:z], offset[a:z], scale=scale, key=self.key, base=base, **path)
                 else:
                     point_(b.grads, mu, offset, scale=scale, key=self.key, base=b.base, **path)
+                b.zeroed = None  # the buffer held the point (not left to the version counters)
                 _foreach_copy_(b.targets(), b.grad_tensors)
             b.note_written()  # a point Alice wrote is no edit: only the user's writes become the centre
             self.at_centre[i] = False
