@@ -1,7 +1,8 @@
 """The optimizer's own work per step, against torch's fused Adam, at a given size.
 
-Every optimizer gets its gradients from the cheapest closure there is (one copy
-of a fixed tensor into ``p.grad``), timed alone and subtracted, so what remains
+Every optimizer gets its gradients from a closure that hands over fixed tensors
+(``--handover``: copied into ``p.grad``, the default and the cheapest; assigned as
+``p.grad``; or by a backward pass), timed alone and subtracted, so what remains
 is the optimizer's work: for Alice, averaged over whole periods of
 ``quick_steps + 1`` steps after warm-up. The device-to-device copy bandwidth
 of the same run is printed beside it, with Alice's bytes per element and the
@@ -21,10 +22,25 @@ import torch
 from common import SyncCounter, parse_optimizer, synchronize, timed, versions, write_log
 
 
-def gradient_closure(params, grads, loss):
+HANDOVERS = {
+    "copy": "p.grad.copy_(g) (a fresh p.grad = g.clone() where p.grad is None)",
+    "assign": "p.grad = g",
+    "backward": "opt.zero_grad(); backward of sum(p * g), whose gradient is g",
+}
+
+
+def gradient_closure(params, grads, loss, handover, opt):
+    """The closure handing the fixed gradients ``grads`` over as ``handover`` says (HANDOVERS)."""
     def closure():
+        if handover == "backward":
+            opt.zero_grad()
+            with torch.enable_grad():
+                sum((p * g).sum() for p, g in zip(params, grads)).backward()
+            return loss
         for p, g in zip(params, grads):
-            if p.grad is None:
+            if handover == "assign":
+                p.grad = g
+            elif p.grad is None:
                 p.grad = g.clone()
             else:
                 p.grad.copy_(g)
@@ -38,6 +54,9 @@ def main():
     parser.add_argument("--numel", type=int, default=100_000_000)
     parser.add_argument("--tensors", type=int, default=6)
     parser.add_argument("--optimizer", action="append", default=None)
+    parser.add_argument("--handover", choices=list(HANDOVERS), default="copy",
+                        help="how the closure hands the gradients over: " + "; ".join(
+                            f"{k}: {v}" for k, v in HANDOVERS.items()))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", action="store_true", help="print the kernels of one Alice period")
@@ -58,7 +77,7 @@ def main():
         params = [torch.nn.Parameter(torch.randn(n, device=device)) for n in sizes]
         grads = [torch.randn_like(p) * 1e-2 for p in params]
         opt = spec.make(params)
-        closure = gradient_closure(params, grads, torch.zeros((), device=device))
+        closure = gradient_closure(params, grads, torch.zeros((), device=device), args.handover, opt)
         step = (lambda o=opt, c=closure: o.step(c)) if spec.needs_closure else (lambda o=opt, c=closure: (c(), o.step()))
         period = getattr(opt, "quick_steps", 0) + 1
         warm = -(-(getattr(opt, "warmup_steps", 0) + 1) // period) * period + period
@@ -81,7 +100,7 @@ def main():
         syncs[name] = counter.count / runs[name][3]
     base = statistics.median(times[specs[0].text])
     print(f"{versions()}")
-    print(f"{args.numel:,} float32 parameters in {args.tensors} tensors on {device}; copy bandwidth "
+    print(f"{args.numel:,} float32 parameters in {args.tensors} tensors on {device}, gradients by {args.handover}; copy bandwidth "
           f"{bandwidth / 1e9:.0f} GB/s (read + write); {args.repeats} repeats, median")
     print(f"{'optimizer':34s} {'ms/step':>9s} {'ratio':>7s} {'B/elem at copy bw':>18s} {'syncs/step':>11s}")
     results = []
@@ -103,7 +122,7 @@ def main():
                 synchronize(device)
             print(f"\nKernels of one period of {name} ({period} steps):")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
-    write_log(args.log, dict(numel=args.numel, tensors=args.tensors, copy_gbps=bandwidth / 1e9, rows=results))
+    write_log(args.log, dict(numel=args.numel, tensors=args.tensors, handover=args.handover, copy_gbps=bandwidth / 1e9, rows=results))
 
 
 if __name__ == "__main__":
