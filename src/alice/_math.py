@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._rademacher import noise_words
 from ._scalars import effective_beta
 
 
@@ -176,6 +177,31 @@ def vanishing_perturbation(sigma, mu, dtype):
     return (sigma < spacing / 2).float()
 
 
+ROUNDED = torch.bfloat16
+"""The one narrower dtype the averages may be kept in (``averages_dtype``): float32's
+exponent range, so ``V = g^2`` neither overflows nor underflows where float32 does not."""
+
+
+def rounded(x, dtype, noise):
+    """``x`` (float32) in ``dtype``: unchanged when ``dtype`` is float32's, else
+    (bfloat16) rounded stochastically: up in magnitude with probability equal to the
+    fraction of a bfloat16 spacing that truncation drops, so the rounding is unbiased
+    and a small change of an average (``1 - beta2`` of it) is kept on average rather
+    than rounded away. ``noise``: uniform integers in [0, 2**16), one per element."""
+    if dtype == x.dtype:
+        return x
+    bits = x.view(torch.int32) + noise.to(torch.int32)
+    return (bits & -(1 << 16)).view(torch.float32).to(dtype)
+
+
+def rounding_noise(numel, base, key, device):
+    """Four streams of 16-bit noise (``G, V, H, R``) for elements ``base ..
+    base + numel - 1`` of step key ``key`` (ints, or 0-d int tensors inside a kernel)."""
+    index = torch.arange(numel, dtype=torch.int64, device=device) + base
+    first, second = noise_words(index & 0xFFFFFFFF, key)
+    return first & 0xFFFF, first >> 16, second & 0xFFFF, second >> 16
+
+
 def recentre(mu, centre):
     """The float32 centre of half-precision parameters after an edit: ``mu`` where the
     parameter still holds its rounding, else the parameter's new value."""
@@ -202,7 +228,7 @@ def samples_finite(grads: Gradients, *, sigma, w2, hess_comp):
 def update_(
     state: Elements, grads: Gradients, out, *, n, ok, move, check,
     sigma, beta1, beta2, beta3, eps, w1, w2, phi, omega, tau1, tau2, hess_comp, grad_glass, limit_method,
-    decay=0.0,
+    decay=0.0, rounding=None,
 ):
     """One Alice step on elementwise operands, written in place into ``state`` and only
     where ``ok``.
@@ -216,27 +242,37 @@ def update_(
     so trajectories without decay are bit-for-bit unchanged). ``out`` (or ``None``)
     receives the new centre in the parameters' dtype. With ``check``, ``ok`` is first
     narrowed by :func:`samples_finite` of these gradients (one compiled graph then
-    decides and writes). Returns the ``ok`` used.
+    decides and writes). ``rounding`` is ``(base, key)`` where the averages are kept
+    in bfloat16 (:func:`rounded`; ``base`` the first element's index), else None.
+    Returns the ``ok`` used.
     """
     if check:
         ok = ok & samples_finite(grads, sigma=sigma, w2=w2, hess_comp=hess_comp)
     mu, offset, G, V, H, R = state
     n = n + 1
     keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
-    dtype = G.dtype
+    dtype = offset.dtype  # the averages are computed in it, whatever dtype they are kept in
+    noise = [None] * 4 if rounding is None else rounding_noise(G.numel(), *rounding, G.device)
+    averages = [A.to(dtype) for A in (G, V, H, R)]
+
+    def store(k, new):
+        A = (G, V, H, R)[k]
+        A.copy_(rounded(keep(new, averages[k]), A.dtype, noise[k]))
+        averages[k] = A.to(dtype)  # the move reads what is kept, so a resumed step reads the same
+
     g0, gp, gm = grads
     g0 = g0.to(dtype)
     if gp is not None:
         gp, gm = gp.to(dtype), gm.to(dtype)
         b3 = effective_beta(beta3, n)
-        H.copy_(keep(average(H, hessian_sample(gp, gm, sigma, w2, hess_comp), b3), H))
-        R.copy_(keep(average(R, glass_sample(gp, gm, g0, sigma), b3), R))
+        store(2, average(averages[2], hessian_sample(gp, gm, sigma, w2, hess_comp), b3))
+        store(3, average(averages[3], glass_sample(gp, gm, g0, sigma), b3))
     nu = mu + offset
-    V.copy_(keep(average(V, g0 * g0, effective_beta(beta2, n)), V))
-    G.copy_(keep(average(G, regularized_grad(g0, nu, w1, w2), effective_beta(beta1, n)), G))
+    store(1, average(averages[1], g0 * g0, effective_beta(beta2, n)))
+    store(0, average(averages[0], regularized_grad(g0, nu, w1, w2), effective_beta(beta1, n)))
     if move:
         step = signed_step(
-            G, V, H, R, eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
+            *averages, eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
             grad_glass=grad_glass, limit_method=limit_method,
         )
         centre = mu

@@ -66,6 +66,14 @@ def signs_at(index, key):
     return 1 - 2 * ((words >> (index & 31)) & 1)
 
 
+def noise_words(index, key):
+    """Two 32-bit words per element (at flat indices ``index``, int32 or int64 tensors,
+    ``key`` as for :func:`signs_at`): the random bits of stochastic rounding, from a
+    stream the signs do not use (``index`` itself, not ``index >> 5``, is hashed)."""
+    first = mix32(mix32(index) ^ key)
+    return first, mix32(first ^ key)
+
+
 def rademacher(key: int, numel: int, *, offset: int = 0, dtype=torch.float32, device=None):
     """Signs ``z_i`` (+1 or -1) for flat indices ``offset .. offset + numel - 1``.
 

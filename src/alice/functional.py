@@ -69,7 +69,7 @@ def _cut(t, a, b):
 def alice_(
     state: Elements, grads: Gradients, *, n: Tensor, ok: Tensor, move: bool, scalars: StepScalars,
     out: Tensor | None = None, check: bool = False, segments: list[tuple[int, int]] | None = None,
-    foreach: bool | None = None, fused: bool | None = None,
+    foreach: bool | None = None, fused: bool | None = None, rounding: tuple[int, int] | None = None,
 ) -> Tensor:
     """Average the gradients into ``G, V`` (and ``H, R`` on a sampling step) and move.
 
@@ -81,9 +81,11 @@ def alice_(
     host sync. ``out`` (optional) receives the new centre in the parameters' dtype.
     ``segments`` are the parameters' ``(start, stop)`` within the run, for the
     single-tensor path. With ``check``, ``ok`` is narrowed first by
-    :func:`samples_ok` of these gradients. Returns the ``ok`` used.
+    :func:`samples_ok` of these gradients. ``rounding``: ``(base, key)`` where the
+    averages are kept in bfloat16 (the index of the first element and the step's
+    noise key), else None. Returns the ``ok`` used.
     """
-    kwargs = dict(scalars.__dict__, n=n, ok=ok, move=move, check=check)
+    kwargs = dict(scalars.__dict__, n=n, ok=ok, move=move, check=check, rounding=rounding)
     mu = state.mu
     if use_fused(fused, mu.numel(), mu.device, foreach):
         return kernels.update_(state, grads, out, kwargs)
@@ -91,6 +93,8 @@ def alice_(
     if check and len(pieces) > 1:  # the decision must cover every piece before any is written
         kwargs.update(check=False, ok=ok & samples_ok(grads, scalars=scalars, foreach=foreach))
     for a, b in pieces:
+        if rounding is not None:
+            kwargs["rounding"] = (rounding[0] + a, rounding[1])
         used = _math.update_(state.cut(a, b), grads.cut(a, b), _cut(out, a, b), **kwargs)
     return used
 

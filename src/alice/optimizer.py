@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _checkpoint, _scalars, errors
+from . import _checkpoint, _math, _scalars, errors
 from . import distributed as _dist
 from ._frameworks import refuse_framework_loops
 from .pending import PendingStep, take_every_gradient, take_one_gradient
@@ -57,8 +57,12 @@ class Alice(Optimizer):
         closure_free: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        averages_dtype: torch.dtype | None = None,
     ):
         quick_steps = _scalars.check_quick_steps(quick_steps)
+        if averages_dtype not in (None, torch.float32, _math.ROUNDED):
+            raise ValueError(f"Invalid averages_dtype: {averages_dtype!r} (must be None or torch.bfloat16)")
+        self.averages_dtype = None if averages_dtype == torch.float32 else averages_dtype
         seed = _dist.agree_seed(None if seed is None else _scalars.check_seed(seed))  # rank 0's, if distributed
         if model is not None and not isinstance(model, torch.nn.Module):
             raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module or None)")
@@ -82,7 +86,7 @@ class Alice(Optimizer):
 
     def _init_counters(self) -> None:
         self._calls = 0  # calls of step() that advanced the schedule
-        self._state = AliceState()
+        self._state = AliceState(self.averages_dtype)
         self._skips = Skips()
         self._warned_rounding = False
         self._in_step = False
@@ -114,13 +118,15 @@ class Alice(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:  # pickle, deepcopy
         return {"defaults": self.defaults, "model": self.model, "quick_steps": self.quick_steps,
-                "seed": self.seed, "closure_free": self.closure_free, "param_groups": self.param_groups,
+                "seed": self.seed, "closure_free": self.closure_free, "averages_dtype": self.averages_dtype,
+                "param_groups": self.param_groups,
                 "training": self._training, "state_dict": self.state_dict()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(defaults=state["defaults"], model=state["model"], quick_steps=state["quick_steps"],
                              seed=state["seed"], param_groups=state["param_groups"],
-                             closure_free=state.get("closure_free", False))
+                             closure_free=state.get("closure_free", False),
+                             averages_dtype=state.get("averages_dtype"))
         self.warmup_steps = _scalars.warmup_steps(self.defaults["betas"][0])
         self._init_counters()
         self._training = state.get("training", True)  # (closure-free mode: eval() stays eval())
@@ -406,6 +412,11 @@ Args:
     foreach: ``False`` runs the per-parameter loop (the readable ground truth).
     fused: compile each phase into one kernel (default: for buffers of at least 2**20
         elements where compiling works; ``alice.kernels.set_compile_enabled``).
+    averages_dtype: ``torch.bfloat16`` keeps the averages ``G, V, H, R`` of float32
+        state in bfloat16, 8 bytes per element less (``docs/cost.md``). They are
+        computed in float32 and rounded stochastically (unbiased, from a counter-based
+        stream: runs and resumes stay reproducible); an opt-in approximation, not the
+        contract's float32 arithmetic. Default ``None``: the state dtype.
 
 ``step(closure)`` calls the closure (which evaluates the model, calls ``backward()``
 and returns the loss) three times on a sampling step, once on a quick step, with the

@@ -85,6 +85,7 @@ class PendingStep:
         self.positioned = False
         paths = [dict(foreach=g["foreach"], fused=g["fused"]) for g in self.groups]
         self.points = Points(state, self.lrs, tensor_key(seed, self.call), paths)
+        self.rounding_key = tensor_key(seed, self.call, 1)  # noise of averages kept in bfloat16
         self.points.read_centre()
 
     @property
@@ -179,7 +180,8 @@ class PendingStep:
             used = alice_(
                 b.elements(a, z), grads, n=b.counts[first], ok=ok.to(b.device, non_blocking=True),
                 move=self.moves and (self.sampling or b.sampled[first]), scalars=scalars,
-                out=b.centre[a:z] if b.half else None, check=check, segments=b.segments(first, last), **path,
+                out=b.centre[a:z] if b.half else None, check=check, segments=b.segments(first, last),
+                rounding=(b.base + a, self.rounding_key) if b.rounds else None, **path,
             )
             if check:
                 ok = used

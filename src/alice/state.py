@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from . import distributed as _dist
-from ._math import STATE_KEYS, Elements, Gradients, state_dtype
+from ._math import AVERAGES, STATE_KEYS, Elements, Gradients, state_dtype
 
 __all__ = ["AliceState", "Bucket", "Skips"]
 
@@ -92,6 +92,11 @@ class Bucket:
     @property
     def half(self) -> bool:
         return "mu" in self.buffers
+
+    @property
+    def rounds(self) -> bool:
+        """Whether the averages are kept in a narrower dtype than the state (bfloat16)."""
+        return self.buffers["G"].dtype != self.buffers["offset"].dtype
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +227,7 @@ def _point_runs(starts: list[int], global_starts: list[int]) -> list[tuple[int, 
     return runs
 
 
-def _new_bucket(group: int, params: list[Tensor], base: int) -> Bucket:
+def _new_bucket(group: int, params: list[Tensor], base: int, averages_dtype: torch.dtype | None) -> Bucket:
     device, dtype = params[0].device, params[0].dtype
     local = [_dist.local_tensor(p) for p in params]
     starts, global_starts, full = [0], [], base
@@ -231,7 +236,9 @@ def _new_bucket(group: int, params: list[Tensor], base: int) -> Bucket:
         global_starts.append(full + _dist.global_offset(p))
         full += _dist.full_numel(p)
     numel, sdtype = starts[-1], state_dtype(dtype)
-    buffers = {key: torch.zeros(numel, dtype=sdtype, device=device) for key in STATE_KEYS}
+    narrow = averages_dtype if averages_dtype is not None and sdtype == torch.float32 else sdtype
+    buffers = {key: torch.zeros(numel, dtype=narrow if key in AVERAGES else sdtype, device=device)
+               for key in STATE_KEYS}
     centre = torch.empty(numel, dtype=dtype, device=device)
     bucket = Bucket(
         group=group, params=params, starts=starts, base=base, buffers=buffers,
@@ -255,7 +262,8 @@ class AliceState:
     parameter keeps what it had, and a frozen parameter's state waits in
     ``frozen`` until it trains again."""
 
-    def __init__(self) -> None:
+    def __init__(self, averages_dtype: torch.dtype | None = None) -> None:
+        self.averages_dtype = averages_dtype  # bfloat16: G, V, H, R of float32 state kept narrower
         self.buckets: list[Bucket] = []
         self.frozen: dict[int, dict] = {}  # id(param) -> its record while frozen
         self._layout: tuple = ()
@@ -289,7 +297,7 @@ class AliceState:
                 if p.requires_grad:
                     by_kind.setdefault((p.device, p.dtype), []).append(p)
             for ps in by_kind.values():
-                bucket = _new_bucket(g, ps, base)
+                bucket = _new_bucket(g, ps, base, self.averages_dtype)
                 base += bucket.full_numel
                 for k, p in enumerate(ps):
                     if id(p) in owned_grads:  # a gradient in the old buffers moves along

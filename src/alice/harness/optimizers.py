@@ -110,6 +110,8 @@ OPTIMIZERS: dict[str, Spec] = {
        for name, (preset, what) in _PRESETS.items()},
     "alice-q0": Spec("Alice glass_abs sampling on every step (quick_steps=0)", "alice",
                      _alice("glass_abs", quick_steps=0), **_ALICE),
+    "alice-bf16": Spec("Alice glass_abs, averages G, V, H, R kept in bfloat16 (stochastic rounding)", "alice",
+                       _alice("glass_abs", averages_dtype=torch.bfloat16), **_ALICE),
     "alice-wd": Spec(f"Alice glass_abs, decoupled weight_decay={ADAMW_DECAY} as adamw (no decay on biases, norms)",
                      "alice", _alice("glass_abs"), weight_decay=ADAMW_DECAY, **_ALICE),
     "adam": Spec("torch.optim.Adam", "adam", _torch("Adam"), **_torch_target("Adam")),

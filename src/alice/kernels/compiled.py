@@ -97,6 +97,8 @@ def update_(state, grads, out, kwargs):
     kwargs.update({k: _scalar(kwargs[k]) for k in _DYNAMIC})
     if kwargs["decay"] != 0:  # a graph with decay and one without: no decay costs nothing
         kwargs["decay"] = _scalar(kwargs["decay"])
+    if kwargs["rounding"] is not None:  # (base, key): they change every step, so tensors
+        kwargs["rounding"] = tuple(_scalar(v, torch.int64) for v in kwargs["rounding"])
     return run(_update, (*state, *grads, out), kwargs)
 
 
