@@ -5,7 +5,8 @@ The trainable parameters of each (param group, device, dtype) share one
 (``offset = nu - mu`` and the averages ``G, V, H, R``; the centre ``mu`` is the
 parameter itself, and a buffer of its own, float32, for half-precision parameters
 only), in the state dtype (float32 for half-precision parameters, else the
-parameters' own): 20 bytes per element in float32 (24 with ``mu``), plus a count per parameter
+parameters' own): 20 bytes per element in float32 (24 with ``mu``; 12 with the averages
+kept in bfloat16, ``averages_dtype``), plus a count per parameter
 (``step``: the steps it took part in, on its device, so that a skip decided
 on the device needs no host sync). Each parameter's ``opt.state[p]`` holds
 views of its slices, as torch optimizers keep per-parameter tensors.
