@@ -1,7 +1,8 @@
 """Shared pieces of the benchmark scripts: optimizer specs, timing, the JSON log.
 
 ``--optimizer module:Class[,key=value,...]`` names any torch optimizer; values
-are parsed as Python literals (``lr=1e-3,fused=True,betas=(0.9,0.95)``), and
+are parsed as Python literals (``lr=1e-3,fused=True,betas=(0.9,0.95)``) or torch
+dtypes (``averages_dtype=torch.bfloat16``), and
 the short names ``alice``, ``adam``, ``adamw`` stand for ``alice:Alice``,
 ``torch.optim:Adam`` and ``torch.optim:AdamW``.
 """
@@ -50,10 +51,14 @@ def parse_optimizer(text: str) -> OptimizerSpec:
     kwargs = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
+        value = value.strip()
+        if value.startswith("torch.") and isinstance(getattr(torch, value[6:], None), torch.dtype):
+            kwargs[key.strip()] = getattr(torch, value[6:])  # averages_dtype=torch.bfloat16
+            continue
         try:
-            kwargs[key.strip()] = ast.literal_eval(value.strip())
+            kwargs[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            kwargs[key.strip()] = value.strip()
+            kwargs[key.strip()] = value
     return OptimizerSpec(text, cls, kwargs)
 
 
