@@ -44,16 +44,16 @@ from ._math import AVERAGES, STATE_KEYS, Elements, Gradients, state_dtype
 __all__ = ["AliceState", "Bucket", "Skips"]
 
 
-def _over(flat: Tensor, start: int, like: Tensor) -> Tensor:
-    """A tensor of ``like``'s shape over ``flat[start:]`` with its own version counter
+def _over(flat: Tensor, start: int, shape: torch.Size) -> Tensor:
+    """A tensor of ``shape`` over ``flat[start:]`` with its own version counter
     (not a view): backward's in-place accumulation into it is then visible per
     parameter, through ``_version``, while the flat buffer is written as a whole."""
     strides, size = [], 1
-    for extent in reversed(like.shape):
+    for extent in reversed(shape):
         strides.append(size)
         size *= max(extent, 1)
     return torch.empty(0, dtype=flat.dtype, device=flat.device).set_(
-        flat.untyped_storage(), flat.storage_offset() + start, like.shape, tuple(reversed(strides))
+        flat.untyped_storage(), flat.storage_offset() + start, shape, tuple(reversed(strides))
     )
 
 
@@ -79,7 +79,7 @@ class Bucket:
     cohort: list[int] = field(default_factory=list)  # parameters with equal counts share one (host)
     sampled: list[bool] = field(default_factory=list)  # took part in a sampling step (host)
     grad_marks: list = field(default_factory=list)  # each p.grad and its version at last look
-    zeroed: tuple | None = None  # the gradient buffer and its versions when last zeroed (see zero_grads)
+    zeroed: tuple | None = None  # the gradient buffer, its version and the marks when last zeroed
     shapes: list[torch.Size] = field(default_factory=list)  # each parameter's local shape
     sharded: bool = False  # whether any parameter is a DTensor
     full_numel: int = 0  # elements of the unsharded parameters (the next bucket's base follows them)
@@ -119,6 +119,11 @@ class Bucket:
             return Gradients(self.grads[a:b], self.plus[a:b], self.minus[a:b])
         return Gradients(self.grads[a:b])
 
+    def tensors_over(self, flat: Tensor) -> list[Tensor]:
+        """One tensor per parameter over its slice of ``flat``, each with its own version
+        counter (what ``p.grad`` is set to)."""
+        return [_over(flat, a, shape) for shape, a in zip(self.shapes, self.starts)]
+
     def views(self, flat: Tensor) -> list[Tensor]:
         return [flat[a:b].view(shape) for shape, a, b in zip(self.shapes, self.starts, self.starts[1:])]
 
@@ -134,8 +139,7 @@ class Bucket:
     def ensure_sampling_buffers(self) -> None:
         if self.plus is None:
             self.plus, self.minus = torch.empty_like(self.grads), torch.empty_like(self.grads)
-            self.spare_tensors = {key: [_over(flat, a, g) for g, a in zip(self.grad_tensors, self.starts)]
-                                  for key, flat in (("plus", self.plus), ("minus", self.minus))}
+            self.spare_tensors = {"plus": self.tensors_over(self.plus), "minus": self.tensors_over(self.minus)}
 
     def keep_grads(self, key: str) -> None:
         """Keep the gradients in ``grads`` as ``plus`` or ``minus`` (``key``) without a copy:
@@ -152,15 +156,19 @@ class Bucket:
         Alice readied the buffers: 4 bytes per element less per evaluation). Backward
         writes through the per-parameter tensors, other writes through the flat buffer:
         each has its own version counter, and both must be unchanged."""
-        if self.zeroed is None or self.zeroed[0] is not self.grads or self.zeroed[1] != self._versions():
+        if not self._still_zero():
             self.grads.zero_()
-        self.point_grads_at_buffers()
-        self.zeroed = None if self.sharded else (self.grads, self._versions())
+        self.point_grads_at_buffers()  # marks each p.grad and its version
+        self.zeroed = None if self.sharded else (self.grads, self.grads._version, self.grad_marks)
 
-    def _versions(self) -> list[int]:
-        """The flat buffer's version and each ``p.grad``'s (-1 where it is not Alice's tensor)."""
-        return [self.grads._version] + [g._version if p.grad is g else -1
-                                        for p, g in zip(self.params, self.grad_tensors)]
+    def _still_zero(self) -> bool:
+        """Whether the buffer is as :meth:`zero_grads` left it: the same flat buffer at the
+        same version, no marks taken since, every ``p.grad`` still its tensor at its mark."""
+        if self.zeroed is None:
+            return False
+        buffer, version, marks = self.zeroed
+        return (buffer is self.grads and version == self.grads._version and marks is self.grad_marks
+                and all(p.grad is g and g._version == v for p, (g, v) in zip(self.params, marks)))
 
     def point_grads_at_buffers(self, force: bool = True, clear: bool = True) -> None:
         """Make each ``p.grad`` the bucket's tensor over its slice (with ``force=False``
@@ -249,7 +257,7 @@ def _new_bucket(group: int, params: list[Tensor], base: int, averages_dtype: tor
         sharded=any(t is not p for p, t in zip(params, local)), full_numel=full - base, global_starts=global_starts,
         point_runs=_point_runs(starts, global_starts),
     )
-    bucket.grad_tensors = [_over(bucket.grads, a, t) for t, a in zip(local, starts)]
+    bucket.grad_tensors = bucket.tensors_over(bucket.grads)
     bucket.centre_views, bucket.offset_views = bucket.views(centre), bucket.views(buffers["offset"])
     if sdtype != dtype:
         torch._foreach_copy_(bucket.views(buffers.setdefault("mu", torch.empty(numel, dtype=sdtype, device=device))),
