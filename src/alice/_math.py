@@ -252,27 +252,27 @@ def update_(
     n = n + 1
     keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
     dtype = offset.dtype  # the averages are computed in it, whatever dtype they are kept in
-    noise = [None] * 4 if rounding is None else rounding_noise(G.numel(), *rounding, G.device)
-    averages = [A.to(dtype) for A in (G, V, H, R)]
+    kept = dict(zip(AVERAGES, (G, V, H, R)))
+    noise = {} if rounding is None else dict(zip(AVERAGES, rounding_noise(G.numel(), *rounding, G.device)))
+    averages = {key: A.to(dtype) for key, A in kept.items()}
 
-    def store(k, new):
-        A = (G, V, H, R)[k]
-        A.copy_(rounded(keep(new, averages[k]), A.dtype, noise[k]))
-        averages[k] = A.to(dtype)  # the move reads what is kept, so a resumed step reads the same
+    def store(key, new):
+        kept[key].copy_(rounded(keep(new, averages[key]), kept[key].dtype, noise.get(key)))
+        averages[key] = kept[key].to(dtype)  # the move reads what is kept, so a resumed step reads the same
 
     g0, gp, gm = grads
     g0 = g0.to(dtype)
     if gp is not None:
         gp, gm = gp.to(dtype), gm.to(dtype)
         b3 = effective_beta(beta3, n)
-        store(2, average(averages[2], hessian_sample(gp, gm, sigma, w2, hess_comp), b3))
-        store(3, average(averages[3], glass_sample(gp, gm, g0, sigma), b3))
+        store("H", average(averages["H"], hessian_sample(gp, gm, sigma, w2, hess_comp), b3))
+        store("R", average(averages["R"], glass_sample(gp, gm, g0, sigma), b3))
     nu = mu + offset
-    store(1, average(averages[1], g0 * g0, effective_beta(beta2, n)))
-    store(0, average(averages[0], regularized_grad(g0, nu, w1, w2), effective_beta(beta1, n)))
+    store("V", average(averages["V"], g0 * g0, effective_beta(beta2, n)))
+    store("G", average(averages["G"], regularized_grad(g0, nu, w1, w2), effective_beta(beta1, n)))
     if move:
         step = signed_step(
-            *averages, eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
+            *averages.values(), eps=eps, tau1=tau1, tau2=tau2, hess_comp=hess_comp,
             grad_glass=grad_glass, limit_method=limit_method,
         )
         centre = mu
